@@ -1,0 +1,11 @@
+"""The `/api` control plane, built on the gateway's core."""
+
+from __future__ import annotations
+
+from starlette.routing import BaseRoute
+
+from admin import auth, keys, users
+
+
+def control_routes() -> list[BaseRoute]:
+    return [*auth.routes, *users.routes, *keys.routes]

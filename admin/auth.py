@@ -1,0 +1,92 @@
+"""`/api/auth`: register, log in, and who am I."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from admin.schemas import Credentials, public_user
+from gateway.accounts import check_password_login, normalize_email, register_user
+from gateway.auth import require_user
+from gateway.core import gateway_of
+from gateway.errors import BadRequest, Forbidden, Unauthorized, Unprocessable
+from gateway.http import ADMIN_BODY_LIMIT, client_address, parse_json, read_body, validate
+from gateway.models import User
+from gateway.tokens import issue_access_token
+
+
+async def register(request: Request) -> Response:
+    gateway = gateway_of(request)
+    credentials = await _read_credentials(request)
+    async with gateway.sessions() as session:
+        user = await register_user(session, credentials.email, credentials.password)
+    body = public_user(user)
+    if user.status == "pending":
+        body["message"] = "account created; an admin must approve it before you can sign in"
+    return JSONResponse(body, status_code=201)
+
+
+async def login(request: Request) -> Response:
+    gateway = gateway_of(request)
+    credentials = await _read_credentials(request)
+    try:
+        email = normalize_email(credentials.email)
+    except Unprocessable:
+        email = credentials.email.strip().lower()
+    address = client_address(request)
+    throttle = gateway.login_throttle
+    throttle.check(email, address)
+    async with gateway.sessions() as session:
+        user = await check_password_login(session, email, credentials.password)
+    if user is None:
+        throttle.record_failure(email, address)
+        raise Unauthorized("wrong email or password", code="invalid_credentials")
+    throttle.record_success(email)
+    if user.status == "pending":
+        raise Forbidden("this account is waiting for an admin's approval", code="pending_approval")
+    if user.status != "approved":
+        raise Forbidden("this account is disabled; ask an admin", code="account_disabled")
+    assert user.id is not None
+    expires = timedelta(days=gateway.settings.jwt_expire_days)
+    token = issue_access_token(gateway.jwt_secret, user.id, user.token_version, expires)
+    return JSONResponse(
+        {
+            "access_token": token,
+            "token_type": "bearer",
+            "expires_in": int(expires.total_seconds()),
+        }
+    )
+
+
+async def me(request: Request) -> Response:
+    principal = await require_user(request)
+    gateway = gateway_of(request)
+    async with gateway.sessions() as session:
+        user = await session.get(User, principal.user_id)
+    if user is None:
+        raise Unauthorized("this account no longer exists")
+    body = public_user(user)
+    body["api_key_id"] = principal.key_id
+    return JSONResponse(body)
+
+
+async def _read_credentials(request: Request) -> Credentials:
+    """JSON `{email, password}`, or the OAuth2 password form (`username`, `password`)."""
+    content_type = request.headers.get("content-type", "")
+    if content_type.startswith(("application/x-www-form-urlencoded", "multipart/form-data")):
+        form = await request.form()
+        username, password = form.get("username"), form.get("password")
+        if not isinstance(username, str) or not isinstance(password, str):
+            raise BadRequest("form login needs the fields 'username' and 'password'")
+        return validate(Credentials, {"email": username, "password": password})
+    return validate(Credentials, parse_json(await read_body(request, ADMIN_BODY_LIMIT)))
+
+
+routes = [
+    Route("/api/auth/register", register, methods=["POST"]),
+    Route("/api/auth/login", login, methods=["POST"]),
+    Route("/api/auth/me", me, methods=["GET"]),
+]

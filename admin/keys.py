@@ -1,0 +1,70 @@
+"""`/api/keys`: API keys for SDKs and scripts; each acts as its owner, optionally limited."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+from sqlmodel import select
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from admin.schemas import KeyCreate, public_key
+from gateway.auth import authenticator_of, require_user
+from gateway.core import gateway_of
+from gateway.errors import Forbidden, NotFound
+from gateway.http import read_model
+from gateway.models import ApiKey, utcnow
+from gateway.tokens import api_key_display_prefix, hash_api_key, new_api_key
+
+
+async def create_key(request: Request) -> Response:
+    principal = await require_user(request)
+    if principal.key_id is not None:
+        raise Forbidden("an API key cannot create keys; sign in with a password", code="key_scope")
+    body = await read_model(request, KeyCreate)
+    secret = new_api_key()
+    key = ApiKey(
+        user_id=principal.user_id,
+        name=body.name,
+        prefix=api_key_display_prefix(secret),
+        key_hash=hash_api_key(secret),
+        models=sorted(set(body.models)) if body.models else None,
+        expires_at=utcnow() + timedelta(days=body.expires_in_days)
+        if body.expires_in_days
+        else None,
+    )
+    async with gateway_of(request).sessions() as session:
+        session.add(key)
+        await session.commit()
+    return JSONResponse({**public_key(key), "key": secret}, status_code=201)
+
+
+async def list_keys(request: Request) -> Response:
+    """Your own keys; an admin sees everyone's (`?all=true` is implied for admins)."""
+    principal = await require_user(request)
+    query = select(ApiKey).order_by(ApiKey.id)  # type: ignore[arg-type]
+    if not principal.is_admin:
+        query = query.where(ApiKey.user_id == principal.user_id)
+    async with gateway_of(request).sessions() as session:
+        keys = (await session.exec(query)).all()
+    return JSONResponse([public_key(k) for k in keys])
+
+
+async def delete_key(request: Request) -> Response:
+    principal = await require_user(request)
+    async with gateway_of(request).sessions() as session:
+        key = await session.get(ApiKey, request.path_params["key_id"])
+        if key is None or (key.user_id != principal.user_id and not principal.is_admin):
+            raise NotFound("no API key with this id", code="key_not_found")
+        await session.delete(key)
+        await session.commit()
+    authenticator_of(request).forget_key(request.path_params["key_id"])
+    return Response(status_code=204)
+
+
+routes = [
+    Route("/api/keys", create_key, methods=["POST"]),
+    Route("/api/keys", list_keys, methods=["GET"]),
+    Route("/api/keys/{key_id:int}", delete_key, methods=["DELETE"]),
+]

@@ -1,0 +1,66 @@
+"""Request and response shapes of the control plane: one schema per use.
+
+Public schemas are built field by field from the tables, so a password hash or key hash has no
+path into a response.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from gateway.models import ApiKey, User
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class Credentials(Strict):
+    email: str = Field(max_length=320)
+    password: str = Field(max_length=4096)
+
+
+class UserPatch(Strict):
+    status: Literal["approved", "pending", "disabled"] | None = None
+    is_admin: bool | None = None
+
+
+class PasswordReset(Strict):
+    password: str = Field(max_length=4096)
+
+
+class KeyCreate(Strict):
+    name: str = Field(min_length=1, max_length=200)
+    models: list[str] | None = Field(default=None, max_length=1000)
+    expires_in_days: int | None = Field(default=None, ge=1, le=3650)
+
+
+def public_user(user: User) -> dict[str, object]:
+    return {
+        "id": user.id,
+        "email": user.email,
+        "is_admin": user.is_admin,
+        "status": user.status,
+        "created_at": _iso(user.created_at),
+        "last_login_at": _iso(user.last_login_at),
+    }
+
+
+def public_key(key: ApiKey) -> dict[str, object]:
+    return {
+        "id": key.id,
+        "user_id": key.user_id,
+        "name": key.name,
+        "prefix": key.prefix,
+        "models": key.models,
+        "expires_at": _iso(key.expires_at),
+        "created_at": _iso(key.created_at),
+        "last_used_at": _iso(key.last_used_at),
+    }
+
+
+def _iso(value: datetime | None) -> str | None:
+    return value.isoformat() if value else None

@@ -1,0 +1,73 @@
+"""`/api/users`: an admin approves, disables, promotes, deletes and resets users."""
+
+from __future__ import annotations
+
+from sqlmodel import select
+from sqlmodel.ext.asyncio.session import AsyncSession
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from admin.schemas import PasswordReset, UserPatch, public_user
+from gateway.accounts import delete_user, set_password, update_user
+from gateway.auth import authenticator_of, require_admin
+from gateway.core import gateway_of
+from gateway.errors import NotFound
+from gateway.http import read_model
+from gateway.models import User
+
+
+async def list_users(request: Request) -> Response:
+    await require_admin(request)
+    async with gateway_of(request).sessions() as session:
+        users = (await session.exec(select(User).order_by(User.id))).all()  # type: ignore[arg-type]
+    return JSONResponse([public_user(u) for u in users])
+
+
+async def patch_user(request: Request) -> Response:
+    await require_admin(request)
+    patch = await read_model(request, UserPatch)
+    async with gateway_of(request).sessions() as session:
+        user = await _get_user(session, request)
+        await update_user(session, user, status=patch.status, is_admin=patch.is_admin)
+    _forget(request, user)
+    return JSONResponse(public_user(user))
+
+
+async def remove_user(request: Request) -> Response:
+    await require_admin(request)
+    async with gateway_of(request).sessions() as session:
+        user = await _get_user(session, request)
+        await delete_user(session, user)
+    _forget(request, user)
+    return Response(status_code=204)
+
+
+async def reset_password(request: Request) -> Response:
+    await require_admin(request)
+    body = await read_model(request, PasswordReset)
+    async with gateway_of(request).sessions() as session:
+        user = await _get_user(session, request)
+        await set_password(session, user, body.password)
+    _forget(request, user)
+    return JSONResponse(public_user(user))
+
+
+async def _get_user(session: AsyncSession, request: Request) -> User:
+    user = await session.get(User, request.path_params["user_id"])
+    if user is None:
+        raise NotFound("no user with this id", code="user_not_found")
+    return user
+
+
+def _forget(request: Request, user: User) -> None:
+    assert user.id is not None
+    authenticator_of(request).forget_user(user.id)
+
+
+routes = [
+    Route("/api/users", list_users, methods=["GET"]),
+    Route("/api/users/{user_id:int}", patch_user, methods=["PATCH"]),
+    Route("/api/users/{user_id:int}", remove_user, methods=["DELETE"]),
+    Route("/api/users/{user_id:int}/password", reset_password, methods=["POST"]),
+]

@@ -1,0 +1,110 @@
+"""The ASGI application: routes, error handling, request ids, and the lifespan.
+
+`create_app` takes the control-plane routes as an argument so this core never imports `admin`
+(dependencies point one way); `gateway.main` is the composition root that passes them in.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
+
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.middleware import Middleware
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import BaseRoute, Route
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from gateway.core import Gateway
+from gateway.errors import GatewayError, error_response, openai_error_response
+from gateway.request_id import RequestIdMiddleware, request_id_of
+from gateway.settings import Settings
+
+log = logging.getLogger("mlx_manager")
+
+
+async def health(request: Request) -> Response:
+    return JSONResponse({"status": "ok"})
+
+
+def _is_openai_path(request: Request) -> bool:
+    return request.url.path.startswith("/v1/") or request.url.path == "/v1"
+
+
+async def _gateway_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, GatewayError)
+    return error_response(exc, openai_shape=_is_openai_path(request))
+
+
+async def _http_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, HTTPException)
+    headers = dict(exc.headers or {})
+    if _is_openai_path(request):
+        code = "unknown_url" if exc.status_code == 404 else None
+        return openai_error_response(exc.status_code, str(exc.detail), code=code, headers=headers)
+    return JSONResponse({"detail": exc.detail}, status_code=exc.status_code, headers=headers)
+
+
+class LastResortErrors:
+    """Turn an unhandled exception into a JSON 500 that still carries the request id.
+
+    Starlette's own handler for `Exception` sits outside every middleware, so its answer would
+    lack `x-request-id`; this pure ASGI layer sits inside `RequestIdMiddleware` instead.
+    """
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = False
+
+        async def tracking_send(message: Message) -> None:
+            nonlocal started
+            if message["type"] == "http.response.start":
+                started = True
+            await send(message)
+
+        try:
+            await self.app(scope, receive, tracking_send)
+        except Exception:
+            request_id = request_id_of(scope)
+            log.exception("unhandled error (request %s)", request_id)
+            if started:
+                raise
+            message = f"internal error; quote request id {request_id} when reporting it"
+            path: str = scope.get("path", "")
+            if path.startswith("/v1"):
+                response = openai_error_response(500, message, "server_error", "internal_error")
+            else:
+                response = JSONResponse({"detail": message, "code": "internal_error"}, 500)
+            await response(scope, receive, send)
+
+
+def create_app(settings: Settings, control_routes: Sequence[BaseRoute] = ()) -> Starlette:
+    """Build the gateway app; nothing connects until the lifespan starts."""
+
+    @asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        gateway = await Gateway.open(settings)
+        app.state.gateway = gateway
+        try:
+            yield
+        finally:
+            await gateway.close()
+
+    routes: list[BaseRoute] = [Route("/health", health, methods=["GET"]), *control_routes]
+    return Starlette(
+        routes=routes,
+        middleware=[Middleware(RequestIdMiddleware), Middleware(LastResortErrors)],
+        exception_handlers={
+            GatewayError: _gateway_error,
+            HTTPException: _http_error,
+        },
+        lifespan=lifespan,
+    )

@@ -1,0 +1,124 @@
+"""The `mlx-manager` command line (typer).
+
+Passwords are read from a prompt or stdin, never from an argument: arguments end up in shell
+history and in `ps` output.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.table import Table
+from sqlmodel import select
+
+from gateway.accounts import register_user
+from gateway.db import create_engine, migrate, session_factory
+from gateway.errors import GatewayError
+from gateway.models import User
+from gateway.settings import Settings, SettingsError, load_settings
+
+app = typer.Typer(help="mlx-manager: an OpenAI-compatible gateway for local MLX models.")
+user_app = typer.Typer(help="Manage user accounts directly in the database.")
+app.add_typer(user_app, name="user")
+console = Console()
+errors = Console(stderr=True)
+
+
+def _settings(**overrides: object) -> Settings:
+    try:
+        return load_settings(**overrides)
+    except SettingsError as exc:
+        errors.print(f"[red]{exc}[/red]")
+        raise typer.Exit(2) from exc
+
+
+@app.command()
+def serve(
+    host: Annotated[str | None, typer.Option(help="Bind address (MLX_MANAGER_HOST).")] = None,
+    port: Annotated[int | None, typer.Option(help="Bind port (MLX_MANAGER_PORT).")] = None,
+) -> None:
+    """Run the gateway: /v1 (OpenAI-compatible) and /api (admin) on one address."""
+    import uvicorn
+
+    from gateway.logs import configure_logging
+    from gateway.main import build_app
+
+    overrides: dict[str, object] = {}
+    if host is not None:
+        overrides["host"] = host
+    if port is not None:
+        overrides["port"] = port
+    settings = _settings(**overrides)
+    try:
+        settings.resolved_jwt_secret()
+    except SettingsError as exc:
+        errors.print(f"[red]{exc}[/red]")
+        raise typer.Exit(2) from exc
+    configure_logging(settings.log_level)
+    uvicorn.run(
+        build_app(settings),
+        host=settings.host,
+        port=settings.port,
+        log_config=None,
+        access_log=False,
+        timeout_graceful_shutdown=settings.stop_timeout + 5,
+    )
+
+
+@user_app.command("create")
+def user_create(
+    email: Annotated[str, typer.Option(help="The user's email (their login).")],
+    admin: Annotated[bool, typer.Option("--admin", help="Create an approved admin.")] = False,
+) -> None:
+    """Create a user; the password is asked for (or read from stdin when piped)."""
+    if sys.stdin.isatty():
+        password = typer.prompt("Password", hide_input=True, confirmation_prompt=True)
+    else:
+        password = sys.stdin.readline().rstrip("\r\n")
+    settings = _settings()
+
+    async def create() -> User:
+        engine = create_engine(settings.sqlalchemy_url)
+        try:
+            await migrate(engine)
+            async with session_factory(engine)() as session:
+                return await register_user(session, email, password, admin=admin)
+        finally:
+            await engine.dispose()
+
+    try:
+        user = asyncio.run(create())
+    except GatewayError as exc:
+        errors.print(f"[red]error:[/red] {exc.message}")
+        raise typer.Exit(1) from exc
+    role = "admin" if user.is_admin else "user"
+    console.print(f"created {role} {user.email} (id {user.id}, {user.status})")
+
+
+@user_app.command("list")
+def user_list() -> None:
+    """List every user with role and status."""
+    settings = _settings()
+
+    async def fetch() -> list[User]:
+        engine = create_engine(settings.sqlalchemy_url)
+        try:
+            await migrate(engine)
+            async with session_factory(engine)() as session:
+                return list((await session.exec(select(User).order_by(User.id))).all())  # type: ignore[arg-type]
+        finally:
+            await engine.dispose()
+
+    table = Table("id", "email", "role", "status", "created")
+    for user in asyncio.run(fetch()):
+        role = "admin" if user.is_admin else "user"
+        table.add_row(str(user.id), user.email, role, user.status, user.created_at.isoformat())
+    console.print(table)
+
+
+def main() -> None:
+    app()

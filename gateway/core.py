@@ -1,0 +1,60 @@
+"""The gateway's runtime parts, built from settings and owned by the app's lifespan.
+
+Nothing here runs at import: `Gateway.open()` connects and migrates, `close()` undoes it, so each
+test gets its own database and settings.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+
+from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker
+from sqlmodel.ext.asyncio.session import AsyncSession
+from starlette.requests import HTTPConnection
+
+from gateway.auth import Authenticator
+from gateway.db import create_engine, migrate, session_factory
+from gateway.settings import Settings
+from gateway.throttle import LoginThrottle
+
+log = logging.getLogger("mlx_manager")
+
+
+@dataclass
+class Gateway:
+    settings: Settings
+    engine: AsyncEngine
+    sessions: async_sessionmaker[AsyncSession]
+    authenticator: Authenticator
+    login_throttle: LoginThrottle
+    jwt_secret: str = field(repr=False)
+
+    @classmethod
+    async def open(cls, settings: Settings) -> Gateway:
+        settings.home.mkdir(parents=True, exist_ok=True)
+        settings.logs_dir.mkdir(parents=True, exist_ok=True)
+        secret = settings.resolved_jwt_secret()
+        engine = create_engine(settings.sqlalchemy_url)
+        await migrate(engine)
+        sessions = session_factory(engine)
+        return cls(
+            settings=settings,
+            engine=engine,
+            sessions=sessions,
+            authenticator=Authenticator(sessions, secret),
+            login_throttle=LoginThrottle(
+                settings.login_max_failures,
+                settings.login_max_failures_per_address,
+                settings.login_window_seconds,
+            ),
+            jwt_secret=secret,
+        )
+
+    async def close(self) -> None:
+        await self.engine.dispose()
+
+
+def gateway_of(conn: HTTPConnection) -> Gateway:
+    gateway: Gateway = conn.app.state.gateway
+    return gateway

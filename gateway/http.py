@@ -1,0 +1,72 @@
+"""Request-body helpers shared by every JSON endpoint: parse once, validate, fail clearly."""
+
+from __future__ import annotations
+
+import json
+from typing import Any, TypeVar
+
+from pydantic import BaseModel, ValidationError
+from starlette.requests import Request
+
+from gateway.errors import BadRequest, PayloadTooLarge, Unprocessable
+
+M = TypeVar("M", bound=BaseModel)
+ADMIN_BODY_LIMIT = 1024 * 1024
+
+
+async def read_body(request: Request, limit: int) -> bytes:
+    """The whole body, refusing (413) before buffering more than `limit` bytes."""
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        raise PayloadTooLarge(f"request body is larger than the {limit} byte limit")
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise PayloadTooLarge(f"request body is larger than the {limit} byte limit")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def parse_json(body: bytes) -> Any:
+    if not body:
+        raise BadRequest("request body is empty; send a JSON object")
+    try:
+        return json.loads(body)
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise BadRequest(f"request body is not valid JSON: {exc}") from exc
+
+
+async def read_model(request: Request, model: type[M], limit: int = ADMIN_BODY_LIMIT) -> M:
+    """Parse and validate a JSON body into `model`, with a 422 that names each bad field."""
+    data = parse_json(await read_body(request, limit))
+    return validate(model, data)
+
+
+def validate(model: type[M], data: Any) -> M:
+    if not isinstance(data, dict):
+        raise BadRequest("request body must be a JSON object")
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        raise Unprocessable(describe_errors(exc), param=_first_field(exc)) from exc
+
+
+def describe_errors(exc: ValidationError) -> str:
+    parts = []
+    for error in exc.errors():
+        where = ".".join(str(p) for p in error["loc"]) or "body"
+        parts.append(f"{where}: {error['msg'].removeprefix('Value error, ')}")
+    return "; ".join(parts)
+
+
+def _first_field(exc: ValidationError) -> str | None:
+    errors = exc.errors()
+    if errors and errors[0]["loc"]:
+        return ".".join(str(p) for p in errors[0]["loc"])
+    return None
+
+
+def client_address(request: Request) -> str:
+    return request.client.host if request.client else "unknown"

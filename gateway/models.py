@@ -1,0 +1,153 @@
+"""Database tables (SQLModel). The migrations in `gateway/migrations` create exactly these.
+
+Public API shapes live next to the routes that use them; these classes are storage only, so a
+password hash or key hash can never leak through a response model by accident.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import JSON, Column, DateTime, ForeignKey, Integer, String
+from sqlmodel import Field, SQLModel
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+def _ts(**kwargs: Any) -> Any:
+    """A timezone-aware timestamp column (SQLite stores it as text, PostgreSQL as timestamptz)."""
+    nullable = kwargs.pop("nullable", False)
+    return Field(sa_column=Column(DateTime(timezone=True), nullable=nullable), **kwargs)
+
+
+class User(SQLModel, table=True):
+    __tablename__ = "users"
+
+    id: int | None = Field(default=None, primary_key=True)
+    email: str = Field(sa_column=Column(String(320), unique=True, nullable=False, index=True))
+    password_hash: str
+    is_admin: bool = False
+    status: str = Field(default="pending", max_length=16)
+    # Bumped on disable or password change: every token carries it, so old ones die at once.
+    token_version: int = 0
+    created_at: datetime = _ts(default_factory=utcnow)
+    last_login_at: datetime | None = _ts(default=None, nullable=True)
+
+
+class ApiKey(SQLModel, table=True):
+    __tablename__ = "api_keys"
+
+    id: int | None = Field(default=None, primary_key=True)
+    user_id: int = Field(
+        sa_column=Column(
+            Integer, ForeignKey("users.id", ondelete="CASCADE"), nullable=False, index=True
+        )
+    )
+    name: str = Field(max_length=200)
+    prefix: str = Field(max_length=16)
+    key_hash: str = Field(sa_column=Column(String(64), unique=True, nullable=False))
+    models: list[str] | None = Field(default=None, sa_column=Column(JSON, nullable=True))
+    expires_at: datetime | None = _ts(default=None, nullable=True)
+    created_at: datetime = _ts(default_factory=utcnow)
+    last_used_at: datetime | None = _ts(default=None, nullable=True)
+
+
+class ServerProfile(SQLModel, table=True):
+    __tablename__ = "server_profiles"
+
+    id: int | None = Field(default=None, primary_key=True)
+    name: str = Field(sa_column=Column(String(200), unique=True, nullable=False, index=True))
+    model_path: str = ""
+    model_type: str = Field(default="lm", max_length=32)
+    aliases: list[str] = Field(default_factory=list, sa_column=Column(JSON, nullable=False))
+    context_length: int | None = None
+    tool_call_parser: str | None = None
+    reasoning_parser: str | None = None
+    enable_auto_tool_choice: bool = False
+    chat_template_file: str | None = None
+    trust_remote_code: bool = False
+    extra_args: list[str] = Field(default_factory=list, sa_column=Column(JSON, nullable=False))
+    env: dict[str, str] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
+    idle_ttl: float | None = None
+    pinned: bool = False
+    memory_gb: float | None = None
+    auto_start: bool = False
+    port: int | None = None
+    command: list[str] | None = Field(default=None, sa_column=Column(JSON, nullable=True))
+    health_path: str = "/health"
+    created_at: datetime = _ts(default_factory=utcnow)
+    updated_at: datetime = _ts(default_factory=utcnow)
+
+
+class RunningInstance(SQLModel, table=True):
+    """A model server this gateway launched; kept so a restarted gateway can find orphans."""
+
+    __tablename__ = "running_instances"
+
+    id: int | None = Field(default=None, primary_key=True)
+    profile_id: int = Field(
+        sa_column=Column(
+            Integer,
+            ForeignKey("server_profiles.id", ondelete="CASCADE"),
+            nullable=False,
+            index=True,
+        )
+    )
+    pid: int
+    # psutil's create_time: with the pid it identifies the process, so a reused pid is never hit.
+    create_time: float
+    port: int
+    gateway_pid: int
+    started_at: datetime = _ts(default_factory=utcnow)
+
+
+class Download(SQLModel, table=True):
+    __tablename__ = "downloads"
+
+    id: int | None = Field(default=None, primary_key=True)
+    model_id: str = Field(max_length=300, index=True)
+    revision: str | None = None
+    status: str = Field(default="pending", max_length=16)
+    bytes_done: int = 0
+    bytes_total: int | None = None
+    error: str | None = None
+    created_at: datetime = _ts(default_factory=utcnow)
+    updated_at: datetime = _ts(default_factory=utcnow)
+    finished_at: datetime | None = _ts(default=None, nullable=True)
+
+
+class Setting(SQLModel, table=True):
+    """Small key/value facts the gateway keeps about itself (e.g. who was the first admin)."""
+
+    __tablename__ = "settings"
+
+    key: str = Field(primary_key=True, max_length=200)
+    value: str
+
+
+class Usage(SQLModel, table=True):
+    __tablename__ = "usage"
+
+    id: int | None = Field(default=None, primary_key=True)
+    created_at: datetime = _ts(default_factory=utcnow)
+    request_id: str | None = Field(default=None, max_length=64)
+    user_id: int | None = Field(
+        default=None,
+        sa_column=Column(
+            Integer, ForeignKey("users.id", ondelete="SET NULL"), nullable=True, index=True
+        ),
+    )
+    key_id: int | None = Field(
+        default=None,
+        sa_column=Column(Integer, ForeignKey("api_keys.id", ondelete="SET NULL"), nullable=True),
+    )
+    model: str = Field(default="", max_length=200, index=True)
+    endpoint: str = Field(default="", max_length=100)
+    status: int = 0
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    latency_ms: float = 0.0
+    ttfb_ms: float | None = None

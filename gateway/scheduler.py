@@ -1,0 +1,167 @@
+"""Memory policy for model servers: decides, never acts.
+
+Split as in llama-swap's router: this module is a set of pure functions over
+snapshots (`ServerView`), and the effects layer (the supervisor) does the
+starting, stopping and waiting. Keeping the decision free of asyncio, I/O and
+clocks (`now` is passed in) means every eviction rule can be tested
+synchronously and exhaustively without processes or sleeps, and the caller can
+run it inside a plain `def` on the event loop, where it is atomic without locks.
+
+The caller must act on a fresh snapshot: a decision is only valid for the state
+it was computed from, so after carrying out an `Evict` (or when a `Wait` ends)
+it asks again rather than reusing an older answer.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import Literal, TypeAlias
+
+__all__ = [
+    "Admit",
+    "Decision",
+    "Evict",
+    "NeverFits",
+    "ServerState",
+    "ServerView",
+    "Wait",
+    "expired",
+    "next_expiry",
+    "plan_start",
+    "resident_bytes",
+]
+
+ServerState = Literal["stopped", "starting", "ready", "stopping", "failed"]
+
+# A stopping process still holds its memory until it has exited; counting it
+# avoids admitting a new server into memory that is not free yet.
+_HOLDS_MEMORY: frozenset[ServerState] = frozenset({"starting", "ready", "stopping"})
+
+
+@dataclass(frozen=True, slots=True)
+class ServerView:
+    """A snapshot of one profile's server, as the policy needs it."""
+
+    name: str
+    state: ServerState
+    need_bytes: int  # memory held (or to be held): already max(estimate, measured)
+    inflight: int = 0  # requests/open streams in flight
+    pinned: bool = False
+    last_used: float = 0.0  # monotonic seconds; end of the last request (or start time)
+    idle_ttl: float = 0.0  # seconds; 0 = never expires
+
+
+@dataclass(frozen=True, slots=True)
+class Admit:
+    """The target fits now: start it."""
+
+
+@dataclass(frozen=True, slots=True)
+class Evict:
+    """Stop these idle servers (least recently used first), then ask again.
+
+    Only the minimal prefix is named, so no warm server is lost beyond what the
+    target needs.
+    """
+
+    victims: tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Wait:
+    """Not enough can be freed now; nothing should be evicted yet.
+
+    The blockers (busy, pinned, starting or stopping) may free memory on their
+    own; evicting idle servers before that would lose them for nothing.
+    """
+
+    blockers: tuple[str, ...]
+    shortfall_bytes: int  # still missing even after evicting every candidate
+
+
+@dataclass(frozen=True, slots=True)
+class NeverFits:
+    """The target exceeds the whole cap: fail at once instead of queueing forever."""
+
+    need_bytes: int
+    cap_bytes: int
+
+
+Decision: TypeAlias = Admit | Evict | Wait | NeverFits
+
+
+def resident_bytes(servers: Iterable[ServerView]) -> int:
+    """Memory held by servers whose process exists (stopped/failed hold nothing)."""
+    return sum(s.need_bytes for s in servers if s.state in _HOLDS_MEMORY)
+
+
+def _is_idle(s: ServerView) -> bool:
+    # The one rule for "may be stopped without harming anyone": shared by
+    # eviction and TTL expiry so the two can never disagree.
+    return s.state == "ready" and s.inflight == 0 and not s.pinned
+
+
+def _lru_key(s: ServerView) -> tuple[float, str]:
+    # The name breaks ties so equal timestamps give the same answer every time.
+    return (s.last_used, s.name)
+
+
+def plan_start(
+    target: str, need_bytes: int, servers: Sequence[ServerView], cap_bytes: int
+) -> Decision:
+    """Decide whether `target` (needing `need_bytes`) can start under `cap_bytes`.
+
+    The target's own entry, if present, is ignored: whatever state it is in, the
+    caller is asking to (re)start it, so it is neither resident nor a victim.
+    """
+    if need_bytes < 0 or cap_bytes < 0:
+        raise ValueError(f"need_bytes and cap_bytes must be >= 0, got {need_bytes}, {cap_bytes}")
+    if need_bytes > cap_bytes:
+        return NeverFits(need_bytes=need_bytes, cap_bytes=cap_bytes)
+
+    others = [s for s in servers if s.name != target]
+    resident = resident_bytes(others)
+    if resident + need_bytes <= cap_bytes:
+        return Admit()
+
+    candidates = sorted((s for s in others if _is_idle(s)), key=_lru_key)
+    freed = 0
+    for i, s in enumerate(candidates):
+        freed += s.need_bytes
+        if resident - freed + need_bytes <= cap_bytes:
+            return Evict(victims=tuple(c.name for c in candidates[: i + 1]))
+
+    blockers = sorted(s.name for s in others if s.state in _HOLDS_MEMORY and not _is_idle(s))
+    return Wait(
+        blockers=tuple(blockers),
+        shortfall_bytes=resident - freed + need_bytes - cap_bytes,
+    )
+
+
+def _eligible_for_ttl(s: ServerView) -> bool:
+    # Pinned means "never stopped by the gateway's own choice", TTL included.
+    return _is_idle(s) and s.idle_ttl > 0
+
+
+def _remaining(s: ServerView, now: float) -> float:
+    # Written as ttl - idle so that `expired` (remaining <= 0) and
+    # `next_expiry` (clamped remaining) agree exactly at the boundary.
+    return s.idle_ttl - (now - s.last_used)
+
+
+def expired(servers: Iterable[ServerView], now: float) -> list[str]:
+    """Servers idle for at least their TTL, oldest first, so stops go in LRU order."""
+    due = [s for s in servers if _eligible_for_ttl(s) and _remaining(s, now) <= 0]
+    return [s.name for s in sorted(due, key=_lru_key)]
+
+
+def next_expiry(servers: Iterable[ServerView], now: float) -> float | None:
+    """Seconds until the earliest TTL expiry (0 if one is due), None if none can expire.
+
+    Lets the caller sleep exactly as long as needed instead of polling.
+    """
+    remaining = [_remaining(s, now) for s in servers if _eligible_for_ttl(s)]
+    if not remaining:
+        return None
+    return max(0.0, min(remaining))

@@ -1,0 +1,188 @@
+"""Typed settings, read once from the environment and a `.env` file.
+
+Every knob is an ``MLX_MANAGER_*`` variable (see CONTRACT.md). A bad value must stop the
+gateway at start with a message naming the variable and what it accepts, so settings are
+validated here rather than where they are used.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+from pathlib import Path
+from typing import Annotated, Literal
+
+from pydantic import Field, ValidationError, field_validator, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+ENV_PREFIX = "MLX_MANAGER_"
+SECRET_FILE_NAME = "jwt-secret"
+MIN_SECRET_BYTES = 32
+
+# Placeholders copied from examples are the most common way a "secret" leaks into production.
+KNOWN_PLACEHOLDER_SECRETS = frozenset(
+    {
+        "change_me_in_production",
+        "changeme",
+        "change-me",
+        "secret",
+        "your-secret-key",
+        "your_secret_key",
+        "replace-me",
+        "please-change-me",
+    }
+)
+
+
+class SettingsError(Exception):
+    """The configuration cannot be used; the message says which variable and why."""
+
+
+class Settings(BaseSettings):
+    """The gateway's configuration. Field names map to ``MLX_MANAGER_<NAME>``."""
+
+    model_config = SettingsConfigDict(
+        env_prefix=ENV_PREFIX,
+        env_file=".env",
+        env_file_encoding="utf-8",
+        extra="ignore",
+        validate_default=True,
+    )
+
+    home: Path = Field(default_factory=lambda: Path.home() / ".mlx-manager")
+    database_path: Path | None = None
+    database_url: str | None = None
+
+    host: str = "127.0.0.1"
+    port: Annotated[int, Field(ge=1, le=65535)] = 8080
+
+    jwt_secret: str | None = Field(default=None, repr=False)
+    jwt_expire_days: Annotated[int, Field(ge=1, le=365)] = 7
+
+    hf_cache_path: Path | None = None
+    hf_organization: str | None = None
+    offline_mode: bool = False
+    auto_profiles: bool = True
+
+    default_port_start: Annotated[int, Field(ge=1024, le=65000)] = 10240
+    max_memory_percent: Annotated[float, Field(gt=0, le=100)] = 80
+    max_memory_gb: Annotated[float | None, Field(gt=0)] = None
+    idle_ttl: Annotated[float, Field(ge=0)] = 600
+    queue_timeout: Annotated[float, Field(gt=0, le=3600)] = 120
+    health_check_interval: Annotated[float, Field(gt=0, le=3600)] = 30
+    health_check_failures: Annotated[int, Field(ge=1, le=100)] = 3
+    start_timeout: Annotated[float, Field(gt=0, le=3600)] = 600
+    stop_timeout: Annotated[float, Field(gt=0, le=600)] = 10
+    backend_bin: str | None = None
+    log_max_bytes: Annotated[int, Field(ge=4096)] = 10 * 1024 * 1024
+    log_backups: Annotated[int, Field(ge=0, le=100)] = 3
+
+    max_body_mb: Annotated[float, Field(gt=0, le=4096)] = 100
+    metrics_public: bool = False
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+
+    login_max_failures: Annotated[int, Field(ge=1, le=1000)] = 5
+    login_window_seconds: Annotated[float, Field(gt=0, le=86400)] = 300
+    login_max_failures_per_address: Annotated[int, Field(ge=1, le=100000)] = 50
+
+    @field_validator("home", mode="after")
+    @classmethod
+    def _expand_home(cls, value: Path) -> Path:
+        return value.expanduser()
+
+    @field_validator("log_level", mode="before")
+    @classmethod
+    def _lower_level(cls, value: object) -> object:
+        return value.lower() if isinstance(value, str) else value
+
+    @field_validator("jwt_secret", mode="after")
+    @classmethod
+    def _check_secret(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        check_secret_strength(value)
+        return value
+
+    @model_validator(mode="after")
+    def _derive_paths(self) -> Settings:
+        if self.database_path is None:
+            self.database_path = self.home / "mlx-manager.db"
+        else:
+            self.database_path = self.database_path.expanduser()
+        if self.hf_cache_path is not None:
+            self.hf_cache_path = self.hf_cache_path.expanduser()
+        return self
+
+    @property
+    def logs_dir(self) -> Path:
+        return self.home / "logs"
+
+    @property
+    def sqlalchemy_url(self) -> str:
+        if self.database_url:
+            return self.database_url
+        return f"sqlite+aiosqlite:///{self.database_path}"
+
+    @property
+    def max_body_bytes(self) -> int:
+        return int(self.max_body_mb * 1024 * 1024)
+
+    def resolved_jwt_secret(self) -> str:
+        """The signing key: the configured one, else the one generated on first start.
+
+        Generating it lazily (not at import) keeps tests and `--help` free of side effects;
+        keeping it in a 0600 file keeps tokens valid across restarts.
+        """
+        if self.jwt_secret is not None:
+            return self.jwt_secret
+        return load_or_create_secret(self.home / SECRET_FILE_NAME)
+
+
+def check_secret_strength(value: str) -> None:
+    if len(value.encode()) < MIN_SECRET_BYTES:
+        raise ValueError(
+            f"must be at least {MIN_SECRET_BYTES} bytes long; "
+            "generate one with: python -c 'import secrets; print(secrets.token_urlsafe(48))'"
+        )
+    if value.strip().lower() in KNOWN_PLACEHOLDER_SECRETS or "change_me" in value.lower():
+        raise ValueError("is a known placeholder; set a random value or unset it")
+
+
+def load_or_create_secret(path: Path) -> str:
+    """Read the generated secret, creating it with mode 0600 exactly once."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        value = path.read_text().strip()
+        try:
+            check_secret_strength(value)
+        except ValueError as exc:
+            raise SettingsError(
+                f"the secret in {path} {exc}; delete the file to regenerate"
+            ) from exc
+        return value
+    value = secrets.token_urlsafe(48)
+    with os.fdopen(fd, "w") as handle:
+        handle.write(value + "\n")
+    return value
+
+
+def load_settings(**overrides: object) -> Settings:
+    """Build settings, turning pydantic's report into one readable message per variable."""
+    try:
+        return Settings(**overrides)  # type: ignore[arg-type]
+    except ValidationError as exc:
+        raise SettingsError(describe_validation_error(exc)) from exc
+
+
+def describe_validation_error(exc: ValidationError) -> str:
+    lines = ["invalid configuration:"]
+    for error in exc.errors():
+        field = ".".join(str(part) for part in error["loc"]) or "settings"
+        variable = ENV_PREFIX + field.upper()
+        message = error["msg"].removeprefix("Value error, ")
+        value = error.get("input")
+        shown = "" if "secret" in field else f" (got {value!r})"
+        lines.append(f"  {variable}: {message}{shown}")
+    return "\n".join(lines)

@@ -1,0 +1,66 @@
+"""Shared fixtures: a real gateway (uvicorn on a real port) per test, on its own SQLite file."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from gateway.settings import Settings
+from tests.support.gateway import GatewayHandle, running_gateway
+
+TEST_SECRET = "test-secret-" + "x" * 40
+
+
+def make_settings(home: Path, **overrides: object) -> Settings:
+    values: dict[str, object] = {
+        "home": home,
+        "jwt_secret": TEST_SECRET,
+        "idle_ttl": 0,
+        "health_check_interval": 3600,
+        "queue_timeout": 10,
+        "_env_file": None,
+    }
+    values.update(overrides)
+    return Settings(**values)  # type: ignore[arg-type]
+
+
+@pytest.fixture
+def settings(tmp_path: Path) -> Settings:
+    return make_settings(tmp_path / "home")
+
+
+@pytest.fixture
+async def gateway(settings: Settings) -> AsyncIterator[GatewayHandle]:
+    async with running_gateway(settings) as handle:
+        yield handle
+
+
+@pytest.fixture
+async def client(gateway: GatewayHandle) -> AsyncIterator[httpx.AsyncClient]:
+    async with httpx.AsyncClient(base_url=gateway.url, timeout=30) as http:
+        yield http
+
+
+@pytest.fixture
+async def admin_token(client: httpx.AsyncClient) -> str:
+    return await register_and_login(client, "admin@example.com", "admin-password")
+
+
+async def register_and_login(client: httpx.AsyncClient, email: str, password: str) -> str:
+    response = await client.post("/api/auth/register", json={"email": email, "password": password})
+    assert response.status_code == 201, response.text
+    return await login(client, email, password)
+
+
+async def login(client: httpx.AsyncClient, email: str, password: str) -> str:
+    response = await client.post("/api/auth/login", json={"email": email, "password": password})
+    assert response.status_code == 200, response.text
+    token: str = response.json()["access_token"]
+    return token
+
+
+def bearer(token: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {token}"}

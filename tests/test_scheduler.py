@@ -1,0 +1,498 @@
+"""Unit tests for the pure memory policy in gateway.scheduler (no processes, no sleeps)."""
+
+from __future__ import annotations
+
+import random
+from typing import get_args
+
+import pytest
+
+from gateway.scheduler import (
+    Admit,
+    Evict,
+    NeverFits,
+    ServerState,
+    ServerView,
+    Wait,
+    expired,
+    next_expiry,
+    plan_start,
+    resident_bytes,
+)
+
+GB = 1 << 30
+STATES: tuple[ServerState, ...] = get_args(ServerState)
+
+
+def sv(
+    name: str,
+    state: ServerState = "ready",
+    need: int = GB,
+    *,
+    inflight: int = 0,
+    pinned: bool = False,
+    last_used: float = 0.0,
+    idle_ttl: float = 0.0,
+) -> ServerView:
+    return ServerView(
+        name=name,
+        state=state,
+        need_bytes=need,
+        inflight=inflight,
+        pinned=pinned,
+        last_used=last_used,
+        idle_ttl=idle_ttl,
+    )
+
+
+# --- resident_bytes -----------------------------------------------------------------------
+
+
+def test_resident_bytes_empty() -> None:
+    assert resident_bytes([]) == 0
+
+
+@pytest.mark.parametrize(
+    ("state", "holds"),
+    [
+        ("stopped", False),
+        ("starting", True),
+        ("ready", True),
+        ("stopping", True),
+        ("failed", False),
+    ],
+)
+def test_resident_bytes_by_state(state: ServerState, holds: bool) -> None:
+    assert resident_bytes([sv("a", state, 3 * GB)]) == (3 * GB if holds else 0)
+
+
+def test_resident_bytes_sums_all_holders_regardless_of_busy_or_pinned() -> None:
+    servers = [
+        sv("a", "ready", 1, inflight=2),
+        sv("b", "starting", 10, pinned=True),
+        sv("c", "stopping", 100),
+        sv("d", "stopped", 1000),
+        sv("e", "failed", 10000),
+    ]
+    assert resident_bytes(servers) == 111
+
+
+def test_resident_bytes_accepts_any_iterable() -> None:
+    assert resident_bytes(sv(n, need=5) for n in "abc") == 15
+
+
+# --- plan_start: NeverFits ----------------------------------------------------------------
+
+
+def test_never_fits_with_empty_pool() -> None:
+    assert plan_start("t", 11, [], 10) == NeverFits(need_bytes=11, cap_bytes=10)
+
+
+def test_never_fits_comes_first_even_when_evictions_or_waits_are_possible() -> None:
+    servers = [sv("idle", need=5), sv("busy", need=5, inflight=1)]
+    assert plan_start("t", 11, servers, 10) == NeverFits(need_bytes=11, cap_bytes=10)
+
+
+def test_need_equal_to_cap_is_not_never_fits() -> None:
+    assert plan_start("t", 10, [], 10) == Admit()
+
+
+def test_zero_cap_zero_need_admits() -> None:
+    assert plan_start("t", 0, [], 0) == Admit()
+
+
+@pytest.mark.parametrize(("need", "cap"), [(-1, 10), (1, -1)])
+def test_negative_inputs_are_rejected(need: int, cap: int) -> None:
+    with pytest.raises(ValueError, match=">= 0"):
+        plan_start("t", need, [], cap)
+
+
+# --- plan_start: Admit --------------------------------------------------------------------
+
+
+def test_admits_into_empty_pool() -> None:
+    assert plan_start("t", 4, [], 10) == Admit()
+
+
+def test_admits_when_it_fits_exactly() -> None:
+    servers = [sv("a", need=3), sv("b", "starting", need=3)]
+    assert plan_start("t", 4, servers, 10) == Admit()
+
+
+def test_one_byte_over_is_not_admitted() -> None:
+    servers = [sv("a", need=3), sv("b", "starting", need=3)]
+    assert plan_start("t", 5, servers, 10) == Evict(victims=("a",))
+
+
+@pytest.mark.parametrize("state", ["stopped", "failed"])
+def test_stopped_and_failed_servers_hold_no_memory(state: ServerState) -> None:
+    servers = [sv("a", state, need=9), sv("b", state, need=9)]
+    assert plan_start("t", 10, servers, 10) == Admit()
+
+
+@pytest.mark.parametrize("state", STATES)
+def test_target_own_entry_never_counts_as_resident(state: ServerState) -> None:
+    servers = [sv("t", state, need=8), sv("a", need=2, inflight=1)]
+    assert plan_start("t", 8, servers, 10) == Admit()
+
+
+@pytest.mark.parametrize("state", ["stopped", "failed"])
+def test_target_present_as_stopped_or_failed_is_ignored(state: ServerState) -> None:
+    # Its stale need_bytes must not be used in place of the need passed in.
+    servers = [sv("t", state, need=1), sv("a", need=5)]
+    assert plan_start("t", 6, servers, 10) == Evict(victims=("a",))
+
+
+# --- plan_start: Evict --------------------------------------------------------------------
+
+
+def test_evicts_least_recently_used_first() -> None:
+    servers = [
+        sv("new", need=4, last_used=30.0),
+        sv("old", need=4, last_used=10.0),
+        sv("mid", need=4, last_used=20.0),
+    ]
+    assert plan_start("t", 4, servers, 12) == Evict(victims=("old",))
+
+
+def test_evicts_minimal_prefix_only() -> None:
+    servers = [
+        sv("a", need=3, last_used=1.0),
+        sv("b", need=3, last_used=2.0),
+        sv("c", need=3, last_used=3.0),
+        sv("d", need=3, last_used=4.0),
+    ]
+    # resident 12, need 5, cap 12: must free 5 -> a and b (6), not c or d.
+    assert plan_start("t", 5, servers, 12) == Evict(victims=("a", "b"))
+
+
+def test_evicts_prefix_even_if_a_later_single_victim_would_do() -> None:
+    # LRU order wins over "fewest victims": the policy is LRU, not bin packing.
+    servers = [
+        sv("old_small", need=1, last_used=1.0),
+        sv("new_big", need=9, last_used=2.0),
+    ]
+    assert plan_start("t", 5, servers, 10) == Evict(victims=("old_small", "new_big"))
+
+
+def test_evict_stops_as_soon_as_it_fits_exactly() -> None:
+    servers = [sv("a", need=5, last_used=1.0), sv("b", need=5, last_used=2.0)]
+    assert plan_start("t", 5, servers, 10) == Evict(victims=("a",))
+
+
+def test_evicts_all_candidates_when_all_are_needed() -> None:
+    servers = [sv("a", need=5, last_used=2.0), sv("b", need=5, last_used=1.0)]
+    assert plan_start("t", 10, servers, 10) == Evict(victims=("b", "a"))
+
+
+def test_lru_ties_are_broken_by_name() -> None:
+    servers = [sv(n, need=5, last_used=7.0) for n in ("c", "a", "b")]
+    assert plan_start("t", 5, servers, 15) == Evict(victims=("a",))
+    assert plan_start("t", 10, servers, 15) == Evict(victims=("a", "b"))
+
+
+def test_result_does_not_depend_on_input_order() -> None:
+    servers = [
+        sv("a", need=3, last_used=5.0),
+        sv("b", need=3, last_used=1.0),
+        sv("c", need=3, last_used=5.0),
+        sv("d", need=3, last_used=2.0),
+        sv("busy", need=3, inflight=1),
+    ]
+    expected = plan_start("t", 9, servers, 15)
+    # Must free 9: b (1.0), d (2.0), then a before c (tie at 5.0, broken by name).
+    assert expected == Evict(victims=("b", "d", "a"))
+    rng = random.Random(1)
+    for _ in range(20):
+        shuffled = servers[:]
+        rng.shuffle(shuffled)
+        assert plan_start("t", 9, shuffled, 15) == expected
+
+
+@pytest.mark.parametrize(
+    "blocker",
+    [
+        pytest.param(sv("x", "ready", 5, pinned=True), id="pinned"),
+        pytest.param(sv("x", "ready", 5, inflight=1), id="busy"),
+        pytest.param(sv("x", "starting", 5), id="starting"),
+        pytest.param(sv("x", "stopping", 5), id="stopping"),
+    ],
+)
+def test_never_evicts_non_candidates_even_when_least_recent(blocker: ServerView) -> None:
+    servers = [blocker, sv("y", need=5, last_used=100.0)]
+    assert plan_start("t", 5, servers, 10) == Evict(victims=("y",))
+
+
+@pytest.mark.parametrize("state", STATES)
+def test_never_evicts_the_target_itself(state: ServerState) -> None:
+    servers = [sv("t", state, need=5, last_used=0.0), sv("y", need=5, last_used=100.0)]
+    assert plan_start("t", 5, servers, 5) == Evict(victims=("y",))
+
+
+def test_pinned_busy_server_is_a_blocker_not_a_candidate() -> None:
+    servers = [sv("x", need=5, pinned=True, inflight=3)]
+    assert plan_start("t", 6, servers, 10) == Wait(blockers=("x",), shortfall_bytes=1)
+
+
+# --- plan_start: Wait ---------------------------------------------------------------------
+
+
+def test_wait_when_only_busy_servers_stand_in_the_way() -> None:
+    servers = [sv("b", need=6, inflight=1), sv("a", need=3, inflight=2)]
+    assert plan_start("t", 5, servers, 10) == Wait(blockers=("a", "b"), shortfall_bytes=4)
+
+
+def test_wait_evicts_nothing_when_candidates_are_insufficient() -> None:
+    servers = [
+        sv("idle1", need=2, last_used=1.0),
+        sv("idle2", need=2, last_used=2.0),
+        sv("busy", need=5, inflight=1),
+        sv("pin", need=3, pinned=True),
+    ]
+    # resident 12, all candidates 4, need 6, cap 12 -> 12 - 4 + 6 - 12 = 2 missing.
+    decision = plan_start("t", 6, servers, 12)
+    assert decision == Wait(blockers=("busy", "pin"), shortfall_bytes=2)
+
+
+def test_wait_blockers_include_every_kind_and_are_sorted() -> None:
+    servers = [
+        sv("z_stopping", "stopping", need=1),
+        sv("y_starting", "starting", need=1),
+        sv("x_busy", need=1, inflight=1),
+        sv("w_pinned", need=1, pinned=True),
+        sv("v_idle", need=1),
+        sv("u_stopped", "stopped", need=100),
+        sv("s_failed", "failed", need=100),
+    ]
+    decision = plan_start("t", 8, servers, 10)
+    assert decision == Wait(
+        blockers=("w_pinned", "x_busy", "y_starting", "z_stopping"),
+        shortfall_bytes=5 - 1 + 8 - 10,
+    )
+
+
+def test_stopping_server_alone_in_the_way_means_wait() -> None:
+    servers = [sv("going", "stopping", need=6)]
+    assert plan_start("t", 6, servers, 10) == Wait(blockers=("going",), shortfall_bytes=2)
+
+
+def test_stopping_server_blocks_but_idle_ones_still_evicted_if_enough() -> None:
+    servers = [sv("going", "stopping", need=6), sv("idle", need=2)]
+    assert plan_start("t", 4, servers, 10) == Evict(victims=("idle",))
+
+
+def test_wait_shortfall_is_one_byte_at_the_boundary() -> None:
+    servers = [sv("idle", need=4), sv("busy", need=4, inflight=1)]
+    assert plan_start("t", 7, servers, 10) == Wait(blockers=("busy",), shortfall_bytes=1)
+    assert plan_start("t", 6, servers, 10) == Evict(victims=("idle",))
+
+
+def test_target_entry_is_never_a_blocker() -> None:
+    servers = [sv("t", "stopping", need=5), sv("busy", need=6, inflight=1)]
+    assert plan_start("t", 5, servers, 10) == Wait(blockers=("busy",), shortfall_bytes=1)
+
+
+def test_stopped_and_failed_servers_are_never_blockers() -> None:
+    servers = [
+        sv("off", "stopped", need=5),
+        sv("dead", "failed", need=5),
+        sv("busy", need=6, inflight=1),
+    ]
+    assert plan_start("t", 5, servers, 10) == Wait(blockers=("busy",), shortfall_bytes=1)
+
+
+# --- expired ------------------------------------------------------------------------------
+
+
+def test_expired_empty() -> None:
+    assert expired([], 100.0) == []
+
+
+@pytest.mark.parametrize(
+    ("now", "is_expired"),
+    [(109.999, False), (110.0, True), (500.0, True)],
+)
+def test_expired_boundary_equal_to_ttl_expires(now: float, is_expired: bool) -> None:
+    servers = [sv("a", last_used=100.0, idle_ttl=10.0)]
+    assert expired(servers, now) == (["a"] if is_expired else [])
+
+
+def test_expired_honours_per_server_ttl() -> None:
+    servers = [
+        sv("short", last_used=1.0, idle_ttl=5.0),
+        sv("long", last_used=0.0, idle_ttl=50.0),
+    ]
+    assert expired(servers, 10.0) == ["short"]
+    assert expired(servers, 50.0) == ["long", "short"]  # oldest first
+
+
+def test_zero_ttl_never_expires() -> None:
+    assert expired([sv("a", last_used=0.0, idle_ttl=0.0)], 1e12) == []
+
+
+@pytest.mark.parametrize(
+    "server",
+    [
+        pytest.param(sv("a", inflight=1, idle_ttl=1.0), id="busy"),
+        pytest.param(sv("a", pinned=True, idle_ttl=1.0), id="pinned"),
+        pytest.param(sv("a", "starting", idle_ttl=1.0), id="starting"),
+        pytest.param(sv("a", "stopping", idle_ttl=1.0), id="stopping"),
+        pytest.param(sv("a", "stopped", idle_ttl=1.0), id="stopped"),
+        pytest.param(sv("a", "failed", idle_ttl=1.0), id="failed"),
+        pytest.param(sv("a", idle_ttl=0.0), id="no-ttl"),
+    ],
+)
+def test_ineligible_servers_never_expire(server: ServerView) -> None:
+    assert expired([server], 1e9) == []
+    assert next_expiry([server], 1e9) is None
+
+
+def test_expired_sorted_by_last_used_then_name() -> None:
+    servers = [
+        sv("c", last_used=3.0, idle_ttl=1.0),
+        sv("b", last_used=1.0, idle_ttl=1.0),
+        sv("a", last_used=3.0, idle_ttl=1.0),
+        sv("d", last_used=2.0, idle_ttl=1.0),
+    ]
+    assert expired(servers, 100.0) == ["b", "d", "a", "c"]
+
+
+def test_expired_counts_from_last_used() -> None:
+    # The supervisor stamps last_used at the end of a request; a recent end keeps it alive.
+    servers = [sv("a", last_used=95.0, idle_ttl=10.0)]
+    assert expired(servers, 100.0) == []
+
+
+# --- next_expiry --------------------------------------------------------------------------
+
+
+def test_next_expiry_none_for_empty() -> None:
+    assert next_expiry([], 0.0) is None
+
+
+def test_next_expiry_seconds_until_earliest() -> None:
+    servers = [
+        sv("a", last_used=100.0, idle_ttl=30.0),  # at 130
+        sv("b", last_used=110.0, idle_ttl=10.0),  # at 120
+        sv("c", last_used=0.0, idle_ttl=0.0),  # never
+        sv("d", last_used=0.0, idle_ttl=1.0, inflight=1),  # busy: not eligible
+    ]
+    assert next_expiry(servers, 112.5) == pytest.approx(7.5)
+
+
+@pytest.mark.parametrize(("now", "expected"), [(110.0, 0.0), (200.0, 0.0), (105.0, 5.0)])
+def test_next_expiry_is_zero_once_due_never_negative(now: float, expected: float) -> None:
+    servers = [sv("a", last_used=100.0, idle_ttl=10.0)]
+    assert next_expiry(servers, now) == pytest.approx(expected)
+
+
+def test_next_expiry_zero_iff_expired_non_empty() -> None:
+    rng = random.Random(7)
+    for _ in range(500):
+        servers = [
+            sv(
+                f"s{i}",
+                rng.choice(STATES),
+                inflight=rng.choice([0, 0, 1]),
+                pinned=rng.random() < 0.2,
+                last_used=rng.choice([0.0, 1.5, 10.0, 20.0, 100.0]),
+                idle_ttl=rng.choice([0.0, 1.0, 10.0, 60.0]),
+            )
+            for i in range(rng.randint(0, 6))
+        ]
+        now = rng.choice([0.0, 10.0, 20.0, 30.0, 200.0])
+        nxt = next_expiry(servers, now)
+        names = expired(servers, now)
+        if nxt is None:
+            assert names == []
+        else:
+            assert nxt >= 0.0
+            assert (nxt == 0.0) == bool(names)
+
+
+# --- invariants over random pools ---------------------------------------------------------
+
+
+def _random_pool(rng: random.Random) -> list[ServerView]:
+    names = rng.sample(["a", "b", "c", "d", "e", "f", "g", "t"], rng.randint(0, 8))
+    return [
+        sv(
+            name,
+            rng.choice(STATES),
+            rng.randint(0, 10),
+            inflight=rng.choice([0, 0, 0, 1, 3]),
+            pinned=rng.random() < 0.15,
+            last_used=float(rng.randint(0, 5)),  # small range: plenty of ties
+        )
+        for name in names
+    ]
+
+
+def _is_candidate(s: ServerView, target: str) -> bool:
+    return s.state == "ready" and s.inflight == 0 and not s.pinned and s.name != target
+
+
+@pytest.mark.parametrize("seed", range(10))
+def test_plan_start_invariants_on_random_pools(seed: int) -> None:
+    rng = random.Random(seed)
+    for _ in range(500):
+        servers = _random_pool(rng)
+        target = "t"
+        need = rng.randint(0, 25)
+        cap = rng.randint(0, 30)
+        others = [s for s in servers if s.name != target]
+        by_name = {s.name: s for s in servers}
+        resident = resident_bytes(others)
+        candidates = sorted(
+            (s for s in others if _is_candidate(s, target)), key=lambda s: (s.last_used, s.name)
+        )
+        all_candidates = sum(s.need_bytes for s in candidates)
+
+        decision = plan_start(target, need, servers, cap)
+
+        assert isinstance(decision, NeverFits) == (need > cap)
+        match decision:
+            case NeverFits():
+                assert decision == NeverFits(need_bytes=need, cap_bytes=cap)
+            case Admit():
+                assert resident + need <= cap
+            case Evict(victims=victims):
+                assert victims, "an eviction names at least one victim"
+                assert resident + need > cap, "no eviction when it already fits"
+                assert len(set(victims)) == len(victims)
+                assert all(_is_candidate(by_name[v], target) for v in victims)
+                assert list(victims) == [c.name for c in candidates[: len(victims)]]
+                freed = sum(by_name[v].need_bytes for v in victims)
+                assert resident - freed + need <= cap
+                last = by_name[victims[-1]].need_bytes
+                assert resident - (freed - last) + need > cap, "minimal prefix"
+            case Wait(blockers=blockers, shortfall_bytes=shortfall):
+                assert resident - all_candidates + need > cap
+                assert shortfall == resident - all_candidates + need - cap
+                assert shortfall > 0
+                assert list(blockers) == sorted(blockers)
+                expected = sorted(
+                    s.name
+                    for s in others
+                    if s.state in ("starting", "ready", "stopping") and not _is_candidate(s, target)
+                )
+                assert list(blockers) == expected
+                assert blockers, "a wait always has something to wait for"
+                assert target not in blockers
+            case _:
+                pytest.fail(f"unexpected decision {decision!r}")
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_plan_start_converges_when_evictions_are_applied(seed: int) -> None:
+    """Carrying out each Evict and asking again ends in Admit without a second eviction."""
+    rng = random.Random(1000 + seed)
+    for _ in range(300):
+        servers = _random_pool(rng)
+        need = rng.randint(0, 20)
+        cap = rng.randint(need, 30)
+        decision = plan_start("t", need, servers, cap)
+        if isinstance(decision, Evict):
+            gone = set(decision.victims)
+            after = [sv(s.name, "stopped", s.need_bytes) if s.name in gone else s for s in servers]
+            assert plan_start("t", need, after, cap) == Admit()
