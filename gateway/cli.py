@@ -65,7 +65,7 @@ def serve(
         port=settings.port,
         log_config=None,
         access_log=False,
-        timeout_graceful_shutdown=settings.stop_timeout + 5,
+        timeout_graceful_shutdown=int(settings.stop_timeout) + 5,
     )
 
 

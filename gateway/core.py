@@ -15,6 +15,7 @@ from starlette.requests import HTTPConnection
 
 from gateway.auth import Authenticator
 from gateway.db import create_engine, migrate, session_factory
+from gateway.servers import ServerManager
 from gateway.settings import Settings
 from gateway.throttle import LoginThrottle
 
@@ -28,6 +29,7 @@ class Gateway:
     sessions: async_sessionmaker[AsyncSession]
     authenticator: Authenticator
     login_throttle: LoginThrottle
+    servers: ServerManager
     jwt_secret: str = field(repr=False)
 
     @classmethod
@@ -38,6 +40,8 @@ class Gateway:
         engine = create_engine(settings.sqlalchemy_url)
         await migrate(engine)
         sessions = session_factory(engine)
+        servers = ServerManager(settings, sessions)
+        await servers.open()
         return cls(
             settings=settings,
             engine=engine,
@@ -48,10 +52,12 @@ class Gateway:
                 settings.login_max_failures_per_address,
                 settings.login_window_seconds,
             ),
+            servers=servers,
             jwt_secret=secret,
         )
 
     async def close(self) -> None:
+        await self.servers.close()
         await self.engine.dispose()
 
 

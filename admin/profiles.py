@@ -1,0 +1,189 @@
+"""`/api/profiles`: a profile is one model server configuration, routed to by its name.
+
+Validation happens here, at write time, so a bad profile is a 422 naming the problem instead of
+a server that fails on the first user request.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Annotated, Any, Literal
+
+from pydantic import Field, field_validator
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from admin.schemas import Strict
+from gateway.auth import require_admin, require_user
+from gateway.core import Gateway, gateway_of
+from gateway.errors import Conflict, NotFound, Unprocessable
+from gateway.http import read_model
+from gateway.launch import BackendUnavailable, build_command
+from gateway.model_paths import resolve_model_folder
+from gateway.models import ServerProfile, utcnow
+from gateway.servers import ManagedServer
+
+ModelType = Literal["lm", "multimodal", "embeddings", "whisper", "image-generation", "image-edit"]
+Name = Annotated[str, Field(min_length=1, max_length=200, pattern=r"^[A-Za-z0-9][\w.:/@+-]*$")]
+
+
+class ProfileFields(Strict):
+    """Every optional field, shared by create and update (update sends only what changes)."""
+
+    model_path: str | None = Field(default=None, max_length=1000)
+    model_type: ModelType = "lm"
+    aliases: list[Name] = Field(default_factory=list, max_length=100)
+    context_length: int | None = Field(default=None, ge=1, le=10_000_000)
+    tool_call_parser: str | None = Field(default=None, max_length=100)
+    reasoning_parser: str | None = Field(default=None, max_length=100)
+    enable_auto_tool_choice: bool = False
+    chat_template_file: str | None = Field(default=None, max_length=1000)
+    trust_remote_code: bool = False
+    extra_args: list[str] = Field(default_factory=list, max_length=200)
+    env: dict[str, str] = Field(default_factory=dict)
+    idle_ttl: float | None = Field(default=None, ge=0)
+    pinned: bool = False
+    memory_gb: float | None = Field(default=None, gt=0, le=100_000)
+    auto_start: bool = False
+    port: int | None = Field(default=None, ge=1024, le=65535)
+    command: list[str] | None = Field(default=None, min_length=1, max_length=200)
+    health_path: str = Field(default="/health", pattern=r"^/\S*$", max_length=200)
+
+    @field_validator("env")
+    @classmethod
+    def _env_names(cls, value: dict[str, str]) -> dict[str, str]:
+        for key in value:
+            if not key or "=" in key or "\0" in key:
+                raise ValueError(f"invalid environment variable name {key!r}")
+        return value
+
+
+class ProfileCreate(ProfileFields):
+    name: Name
+
+
+class ProfileUpdate(ProfileFields):
+    name: Name | None = None
+    model_type: ModelType | None = None  # type: ignore[assignment]
+
+
+def public_profile(profile: ServerProfile, state: str | None = None) -> dict[str, Any]:
+    data = profile.model_dump(mode="json")
+    data["state"] = state
+    return data
+
+
+async def create_profile(request: Request) -> Response:
+    await require_admin(request)
+    gateway = gateway_of(request)
+    body = await read_model(request, ProfileCreate)
+    profile = ServerProfile(**body.model_dump(exclude_none=False, exclude={"model_path"}))
+    profile.model_path = body.model_path or ""
+    await _validate(gateway, profile)
+    async with gateway.sessions() as session:
+        session.add(profile)
+        await session.commit()
+    server = await gateway.servers.add_profile(profile)
+    return JSONResponse(public_profile(profile, server.state), status_code=201)
+
+
+async def list_profiles(request: Request) -> Response:
+    await require_user(request)
+    servers = gateway_of(request).servers
+    return JSONResponse([public_profile(s.profile, s.state) for s in servers.servers()])
+
+
+async def get_profile(request: Request) -> Response:
+    await require_user(request)
+    server = _server(request)
+    return JSONResponse(public_profile(server.profile, server.state))
+
+
+async def update_profile(request: Request) -> Response:
+    await require_admin(request)
+    gateway = gateway_of(request)
+    server = _server(request)
+    body = await read_model(request, ProfileUpdate)
+    async with gateway.sessions() as session:
+        profile = await session.get(ServerProfile, server.profile_id)
+        if profile is None:
+            raise NotFound("no profile with this id", code="profile_not_found")
+        for key in body.model_fields_set:
+            value = getattr(body, key)
+            if key == "model_path" and value is None:
+                value = ""
+            if key == "model_type" and value is None:
+                continue
+            setattr(profile, key, value)
+        profile.updated_at = utcnow()
+        await _validate(gateway, profile)
+        session.add(profile)
+        await session.commit()
+    await gateway.servers.update_profile(profile)
+    return JSONResponse(public_profile(profile, server.state))
+
+
+async def delete_profile(request: Request) -> Response:
+    await require_admin(request)
+    gateway = gateway_of(request)
+    server = _server(request)
+    await gateway.servers.remove_profile(server.profile_id)
+    async with gateway.sessions() as session:
+        profile = await session.get(ServerProfile, server.profile_id)
+        if profile is not None:
+            await session.delete(profile)
+            await session.commit()
+    return Response(status_code=204)
+
+
+def _server(request: Request) -> ManagedServer:
+    server = gateway_of(request).servers.get(request.path_params["profile_id"])
+    if server is None:
+        raise NotFound("no profile with this id", code="profile_not_found")
+    return server
+
+
+async def _validate(gateway: Gateway, profile: ServerProfile) -> None:
+    """Refuse what would only fail later: clashing names, missing models, unknown flags."""
+    taken = gateway.servers.names_in_use(exclude_id=profile.id)
+    for name in (profile.name, *profile.aliases):
+        if name in taken:
+            raise Conflict(
+                f"the name {name!r} is already used by another profile", code="name_taken"
+            )
+    if len({profile.name, *profile.aliases}) != 1 + len(profile.aliases):
+        raise Unprocessable(
+            "aliases must differ from the name and from each other", param="aliases"
+        )
+    if profile.port is not None and profile.port == gateway.settings.port:
+        raise Unprocessable("port is the gateway's own port", param="port")
+    if profile.command:
+        return
+    if not profile.model_path:
+        raise Unprocessable(
+            "model_path is required unless the profile has a command", param="model_path"
+        )
+    folder = await asyncio.to_thread(
+        resolve_model_folder, profile.model_path, gateway.settings.hf_cache_path
+    )
+    if folder is None:
+        raise Unprocessable(
+            f"model_path {profile.model_path!r} is neither an existing local folder nor a "
+            "repo in the Hugging Face cache; download it first (POST /api/downloads)",
+            param="model_path",
+        )
+    try:
+        backend = await gateway.servers.backend_info()
+    except BackendUnavailable:
+        return  # checked again at start, where the error reaches whoever asked
+    build_command(profile, port=profile.port or 1, model_folder=str(folder), backend=backend)
+
+
+routes = [
+    Route("/api/profiles", create_profile, methods=["POST"]),
+    Route("/api/profiles", list_profiles, methods=["GET"]),
+    Route("/api/profiles/{profile_id:int}", get_profile, methods=["GET"]),
+    Route("/api/profiles/{profile_id:int}", update_profile, methods=["PATCH"]),
+    Route("/api/profiles/{profile_id:int}", delete_profile, methods=["DELETE"]),
+]

@@ -1,0 +1,138 @@
+"""`/api/servers`: the model servers behind the profiles: state, start/stop, and logs."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response, StreamingResponse
+from starlette.routing import Route
+
+from gateway.auth import require_admin, require_user
+from gateway.core import gateway_of
+from gateway.errors import NotFound
+from gateway.logfiles import tail
+from gateway.servers import ManagedServer
+
+FOLLOW_POLL_SECONDS = 0.25
+MAX_TAIL = 10_000
+
+
+async def list_servers(request: Request) -> Response:
+    await require_user(request)
+    manager = gateway_of(request).servers
+    await manager.measure_all()
+    return JSONResponse([s.snapshot() for s in manager.servers()])
+
+
+async def get_server(request: Request) -> Response:
+    await require_user(request)
+    server = _server(request)
+    await gateway_of(request).servers.measure(server)
+    return JSONResponse(server.snapshot())
+
+
+async def start_server(request: Request) -> Response:
+    """Waits until ready; a failure answers 503 with the server's log tail."""
+    await require_admin(request)
+    manager = gateway_of(request).servers
+    server = _server(request)
+    await manager.start(server)
+    await manager.measure(server)
+    return JSONResponse(server.snapshot())
+
+
+async def stop_server(request: Request) -> Response:
+    await require_admin(request)
+    server = _server(request)
+    await gateway_of(request).servers.stop(server, reason="stopped by an admin")
+    return JSONResponse(server.snapshot())
+
+
+async def restart_server(request: Request) -> Response:
+    await require_admin(request)
+    manager = gateway_of(request).servers
+    server = _server(request)
+    await manager.restart(server)
+    await manager.measure(server)
+    return JSONResponse(server.snapshot())
+
+
+async def server_logs(request: Request) -> Response:
+    """The log tail as JSON, or followed live over SSE with `Accept: text/event-stream`."""
+    await require_user(request)
+    manager = gateway_of(request).servers
+    server = _server(request)
+    try:
+        lines = max(0, min(MAX_TAIL, int(request.query_params.get("tail", "200"))))
+    except ValueError:
+        lines = 200
+    path = manager.log_file(server)
+    if "text/event-stream" in request.headers.get("accept", ""):
+        return StreamingResponse(
+            _follow(request, path, lines),
+            media_type="text/event-stream",
+            headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+        )
+    text = await asyncio.to_thread(tail, path, lines)
+    return JSONResponse(
+        {"profile_id": server.profile_id, "name": server.name, "lines": text.splitlines()}
+    )
+
+
+async def _follow(request: Request, path: Path, lines: int) -> AsyncIterator[str]:
+    """Send the tail, then each new line; survives rotation (the file shrinking)."""
+    for line in (await asyncio.to_thread(tail, path, lines)).splitlines():
+        yield _event(line)
+    position = await asyncio.to_thread(_size, path)
+    pending = b""
+    while not await request.is_disconnected():
+        size = await asyncio.to_thread(_size, path)
+        if size < position:
+            position = 0  # rotated (copy-truncate): start again at the top
+        if size > position:
+            chunk = await asyncio.to_thread(_read, path, position, size)
+            position += len(chunk)
+            pending += chunk
+            *complete, pending = pending.split(b"\n")
+            for raw in complete:
+                yield _event(raw.decode("utf-8", errors="replace"))
+        await asyncio.sleep(FOLLOW_POLL_SECONDS)
+
+
+def _event(line: str) -> str:
+    return f"data: {json.dumps({'line': line})}\n\n"
+
+
+def _size(path: Path) -> int:
+    try:
+        return os.stat(path).st_size
+    except FileNotFoundError:
+        return 0
+
+
+def _read(path: Path, start: int, end: int) -> bytes:
+    with open(path, "rb") as handle:
+        handle.seek(start)
+        return handle.read(end - start)
+
+
+def _server(request: Request) -> ManagedServer:
+    server = gateway_of(request).servers.get(request.path_params["profile_id"])
+    if server is None:
+        raise NotFound("no profile with this id", code="profile_not_found")
+    return server
+
+
+routes = [
+    Route("/api/servers", list_servers, methods=["GET"]),
+    Route("/api/servers/{profile_id:int}", get_server, methods=["GET"]),
+    Route("/api/servers/{profile_id:int}/start", start_server, methods=["POST"]),
+    Route("/api/servers/{profile_id:int}/stop", stop_server, methods=["POST"]),
+    Route("/api/servers/{profile_id:int}/restart", restart_server, methods=["POST"]),
+    Route("/api/servers/{profile_id:int}/logs", server_logs, methods=["GET"]),
+]

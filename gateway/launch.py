@@ -1,0 +1,178 @@
+"""From a profile to an argv: the mlx-openai-server command line, or a profile's own command.
+
+The installed server's `launch --help` is read once, so a profile asking for an option that
+version lacks is refused with a message naming the flag and the version, instead of a server
+that dies at start with a usage error buried in its log.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import shutil
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from gateway.errors import Unprocessable
+from gateway.models import ServerProfile
+from gateway.settings import Settings
+
+BACKEND_NAME = "mlx-openai-server"
+MODEL_TYPES = ("lm", "multimodal", "embeddings", "whisper", "image-generation", "image-edit")
+PLACEHOLDERS = ("port", "host", "model_path", "name")
+_FLAG = re.compile(r"(?<![\w-])(--[a-z][a-z0-9-]*)")
+_CHOICES = re.compile(r"(--[a-z][a-z0-9-]*)\s+\[([^\]]+)\]")
+_VERSION = re.compile(r"[Vv]ersion:?\s*v?(\d+(?:\.\d+)+\S*)")
+
+
+class BackendUnavailable(Unprocessable):
+    code = "backend_unavailable"
+
+
+@dataclass(frozen=True, slots=True)
+class BackendInfo:
+    executable: str
+    version: str
+    flags: frozenset[str]
+    choices: dict[str, tuple[str, ...]] = field(default_factory=dict)
+
+    def require(self, flag: str, value: str | None = None) -> None:
+        if flag not in self.flags:
+            raise Unprocessable(
+                f"{flag} is not supported by the installed {BACKEND_NAME} {self.version}; "
+                "remove it from the profile or upgrade the model server",
+                code="unsupported_option",
+            )
+        allowed = self.choices.get(flag)
+        if value is not None and allowed and value not in allowed:
+            raise Unprocessable(
+                f"{flag} {value!r} is not supported by the installed {BACKEND_NAME} "
+                f"{self.version}; choose one of: {', '.join(allowed)}",
+                code="unsupported_option",
+            )
+
+
+def parse_help(executable: str, text: str) -> BackendInfo:
+    version_match = _VERSION.search(text)
+    choices = {
+        flag: tuple(option.strip() for option in options.split("|"))
+        for flag, options in _CHOICES.findall(text)
+    }
+    return BackendInfo(
+        executable=executable,
+        version=version_match.group(1) if version_match else "(unknown version)",
+        flags=frozenset(_FLAG.findall(text)),
+        choices=choices,
+    )
+
+
+def find_backend(settings: Settings) -> str | None:
+    """MLX_MANAGER_BACKEND_BIN, else `.venv-backend` (here or beside the package), else PATH."""
+    if settings.backend_bin:
+        return settings.backend_bin
+    bin_dir = "Scripts" if sys.platform == "win32" else "bin"
+    project_root = Path(__file__).resolve().parent.parent
+    for root in (Path.cwd(), project_root):
+        candidate = root / ".venv-backend" / bin_dir / BACKEND_NAME
+        if candidate.exists():
+            return str(candidate)
+    return shutil.which(BACKEND_NAME)
+
+
+class BackendProbe:
+    """Reads `launch --help` once per gateway and remembers the answer."""
+
+    def __init__(self, settings: Settings) -> None:
+        self._settings = settings
+        self._info: BackendInfo | None = None
+        self._lock = asyncio.Lock()
+
+    async def info(self) -> BackendInfo:
+        async with self._lock:
+            if self._info is None:
+                self._info = await self._probe()
+            return self._info
+
+    async def _probe(self) -> BackendInfo:
+        executable = find_backend(self._settings)
+        if executable is None:
+            raise BackendUnavailable(
+                f"{BACKEND_NAME} is not installed; run `make backend` "
+                "or set MLX_MANAGER_BACKEND_BIN"
+            )
+        try:
+            proc = await asyncio.create_subprocess_exec(
+                executable,
+                "launch",
+                "--help",
+                stdout=asyncio.subprocess.PIPE,
+                stderr=asyncio.subprocess.STDOUT,
+            )
+            output, _ = await asyncio.wait_for(proc.communicate(), timeout=120)
+        except (OSError, TimeoutError) as exc:
+            raise BackendUnavailable(f"could not run {executable} launch --help: {exc}") from exc
+        text = output.decode("utf-8", errors="replace")
+        if proc.returncode != 0 or "--model-path" not in text:
+            raise BackendUnavailable(f"{executable} launch --help failed:\n{text[-2000:]}")
+        return parse_help(executable, text)
+
+
+def fill_placeholders(argv: list[str], values: dict[str, str]) -> list[str]:
+    """Replace {port}, {host}, {model_path} and {name}; other braces pass through untouched."""
+    filled = []
+    for arg in argv:
+        for key in PLACEHOLDERS:
+            arg = arg.replace("{" + key + "}", values[key])
+        filled.append(arg)
+    return filled
+
+
+def build_command(
+    profile: ServerProfile,
+    *,
+    port: int,
+    model_folder: str,
+    backend: BackendInfo | None,
+    log_level: str = "INFO",
+) -> list[str]:
+    """The argv for one server. `backend` is required unless the profile has a `command`."""
+    if profile.command:
+        values = {"port": str(port), "host": "127.0.0.1", "model_path": model_folder}
+        return fill_placeholders(list(profile.command), {**values, "name": profile.name})
+    if backend is None:
+        raise BackendUnavailable(f"{BACKEND_NAME} is not installed")
+    argv = [backend.executable, "launch"]
+
+    def add(flag: str, value: str | None = None) -> None:
+        backend.require(flag, value)
+        argv.append(flag)
+        if value is not None:
+            argv.append(value)
+
+    add("--model-path", model_folder)
+    add("--model-type", profile.model_type)
+    add("--served-model-name", profile.name)
+    add("--host", "127.0.0.1")
+    add("--port", str(port))
+    if profile.context_length is not None:
+        add("--context-length", str(profile.context_length))
+    if profile.tool_call_parser:
+        add("--tool-call-parser", profile.tool_call_parser)
+    if profile.reasoning_parser:
+        add("--reasoning-parser", profile.reasoning_parser)
+    if profile.enable_auto_tool_choice:
+        add("--enable-auto-tool-choice")
+    if profile.chat_template_file:
+        add("--chat-template-file", profile.chat_template_file)
+    if profile.trust_remote_code:
+        add("--trust-remote-code")
+    if "--log-level" in backend.flags:
+        add("--log-level", log_level.upper())
+    if "--no-log-file" in backend.flags:
+        add("--no-log-file")
+    for arg in profile.extra_args:
+        if arg.startswith("--"):
+            backend.require(arg.split("=", 1)[0])
+    argv.extend(profile.extra_args)
+    return argv

@@ -1,0 +1,67 @@
+"""One log file per model server, size-capped by copy-and-truncate rotation.
+
+The child writes straight into the file (O_APPEND), so the gateway spends no CPU relaying
+logs and a gateway crash cannot wedge a child on a full pipe. Rotation copies the file to
+`.1` (shifting older ones) and truncates it in place; O_APPEND makes the child carry on at the
+new end, as logrotate's copytruncate does.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+from pathlib import Path
+
+_UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
+
+
+def log_path(logs_dir: Path, profile_name: str) -> Path:
+    safe = _UNSAFE.sub("_", profile_name).strip("._") or "server"
+    return logs_dir / f"{safe}.log"
+
+
+def open_for_child(path: Path) -> int:
+    """An O_APPEND descriptor to hand to the child as stdout and stderr."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+
+
+def rotate_if_large(path: Path, max_bytes: int, backups: int) -> bool:
+    try:
+        if path.stat().st_size <= max_bytes:
+            return False
+    except FileNotFoundError:
+        return False
+    if backups > 0:
+        for index in range(backups - 1, 0, -1):
+            older = path.with_name(f"{path.name}.{index}")
+            if older.exists():
+                older.replace(path.with_name(f"{path.name}.{index + 1}"))
+        shutil.copyfile(path, path.with_name(f"{path.name}.1"))
+    with open(path, "r+b") as handle:
+        handle.truncate(0)
+    return True
+
+
+def tail(path: Path, lines: int, max_bytes: int = 1024 * 1024) -> str:
+    """The last `lines` lines, reading at most `max_bytes` from the end."""
+    if lines <= 0:
+        return ""
+    try:
+        with open(path, "rb") as handle:
+            handle.seek(0, os.SEEK_END)
+            size = handle.tell()
+            handle.seek(max(0, size - max_bytes))
+            data = handle.read()
+    except FileNotFoundError:
+        return ""
+    text = data.decode("utf-8", errors="replace")
+    return "\n".join(text.splitlines()[-lines:])
+
+
+def mark(path: Path, message: str) -> None:
+    """A gateway line in the server's log, so the log tells the whole story of a start."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a", encoding="utf-8") as handle:
+        handle.write(f"[mlx-manager] {message}\n")

@@ -1,0 +1,194 @@
+"""One model-server process: launch it, know when it is ready, stop it, notice when it dies.
+
+Mechanism only: which server to start or stop, and when, is decided by `gateway.scheduler` and
+carried out by `gateway.servers`. Nothing here blocks the event loop: the child is awaited with
+asyncio, never with a synchronous `wait()`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+import socket
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+import psutil
+
+from gateway.errors import ServiceUnavailable
+from gateway.logfiles import mark, open_for_child, tail
+
+READY_POLL_SECONDS = 0.05
+LOG_TAIL_LINES = 40
+
+
+class StartFailed(ServiceUnavailable):
+    """The model server did not become ready; the message carries its log tail."""
+
+    code = "server_start_failed"
+
+
+@dataclass(frozen=True, slots=True)
+class LaunchSpec:
+    argv: list[str]
+    port: int
+    health_url: str
+    log_path: Path
+    env: dict[str, str] = field(default_factory=dict)
+    cwd: Path | None = None
+
+
+class ServerProcess:
+    def __init__(self, spec: LaunchSpec) -> None:
+        self.spec = spec
+        self._proc: asyncio.subprocess.Process | None = None
+        self.create_time: float = 0.0
+        self._exit_code: int | None = None
+
+    @property
+    def pid(self) -> int:
+        assert self._proc is not None, "spawn() first"
+        return self._proc.pid
+
+    @property
+    def returncode(self) -> int | None:
+        return None if self._proc is None else self._proc.returncode
+
+    async def spawn(self) -> None:
+        """Start the child in its own session, so stop() can signal its whole process group."""
+        mark(self.spec.log_path, f"starting: {' '.join(self.spec.argv)}")
+        log_fd = open_for_child(self.spec.log_path)
+        try:
+            self._proc = await asyncio.create_subprocess_exec(
+                *self.spec.argv,
+                stdin=asyncio.subprocess.DEVNULL,
+                stdout=log_fd,
+                stderr=log_fd,
+                env={**os.environ, **self.spec.env},
+                cwd=self.spec.cwd,
+                start_new_session=True,
+            )
+        except OSError as exc:
+            mark(self.spec.log_path, f"could not execute {self.spec.argv[0]}: {exc}")
+            raise StartFailed(
+                f"could not execute {self.spec.argv[0]!r}: {exc.strerror or exc}; "
+                "check the profile's command or MLX_MANAGER_BACKEND_BIN"
+            ) from exc
+        finally:
+            os.close(log_fd)
+        try:
+            self.create_time = psutil.Process(self._proc.pid).create_time()
+        except psutil.Error:
+            self.create_time = 0.0
+
+    async def wait_ready(self, within: float, http: httpx.AsyncClient) -> float:
+        """Poll the health URL until it answers 200; fail at once if the child exits first.
+
+        Returns the seconds it took.
+        """
+        assert self._proc is not None
+        started = time.monotonic()
+        exited = asyncio.ensure_future(self._proc.wait())
+        try:
+            while True:
+                if exited.done():
+                    code = exited.result()
+                    raise StartFailed(
+                        f"model server exited with code {code} while starting; "
+                        f"last log lines:\n{self.log_tail()}"
+                    )
+                if await self._healthy(http):
+                    return time.monotonic() - started
+                elapsed = time.monotonic() - started
+                if elapsed > within:
+                    raise StartFailed(
+                        f"model server did not become healthy within {within:.0f} s "
+                        f"({self.spec.health_url}); last log lines:\n{self.log_tail()}"
+                    )
+                await asyncio.wait({exited}, timeout=READY_POLL_SECONDS)
+        finally:
+            if not exited.done():
+                exited.cancel()
+
+    async def _healthy(self, http: httpx.AsyncClient) -> bool:
+        try:
+            response = await http.get(self.spec.health_url, timeout=2.0)
+        except httpx.HTTPError:
+            return False
+        return response.status_code == 200
+
+    async def wait_exit(self) -> int:
+        assert self._proc is not None
+        return await self._proc.wait()
+
+    async def stop(self, grace: float) -> int | None:
+        """SIGTERM the group, wait up to `grace` seconds without blocking, then SIGKILL it."""
+        if self._proc is None:
+            return None
+        if self._proc.returncode is None:
+            signal_group(self._proc.pid, signal.SIGTERM)
+            try:
+                await asyncio.wait_for(self._proc.wait(), grace)
+            except TimeoutError:
+                mark(self.spec.log_path, f"did not stop within {grace:.0f} s; sending SIGKILL")
+                signal_group(self._proc.pid, signal.SIGKILL)
+                await self._proc.wait()
+        # Stragglers the server forked (worker processes) die with it.
+        signal_group(self._proc.pid, signal.SIGKILL)
+        mark(self.spec.log_path, f"stopped (exit code {self._proc.returncode})")
+        return self._proc.returncode
+
+    def log_tail(self, lines: int = LOG_TAIL_LINES) -> str:
+        return tail(self.spec.log_path, lines)
+
+
+def signal_group(pgid: int, sig: signal.Signals) -> None:
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(pgid, sig)
+
+
+def port_is_free(port: int, host: str = "127.0.0.1") -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        try:
+            sock.bind((host, port))
+        except OSError:
+            return False
+        return True
+
+
+def pick_port(start: int, taken: Iterable[int], limit: int = 1000) -> int:
+    """The first port from `start` that no server of ours holds and nothing else is bound to."""
+    held = set(taken)
+    for port in range(start, min(start + limit, 65536)):
+        if port not in held and port_is_free(port):
+            return port
+    raise StartFailed(f"no free port in {start}..{start + limit - 1}; set DEFAULT_PORT_START")
+
+
+def kill_recorded_process(pid: int, create_time: float, grace: float) -> bool:
+    """Kill a process group we recorded earlier, only if pid *and* start time still match.
+
+    Blocking (it waits up to `grace`): run it in a thread. Returns True when something was killed.
+    """
+    try:
+        proc = psutil.Process(pid)
+        if abs(proc.create_time() - create_time) > 0.5:
+            return False  # the pid was reused by an unrelated process
+    except psutil.Error:
+        return False
+    signal_group(pid, signal.SIGTERM)
+    try:
+        proc.wait(timeout=grace)
+    except psutil.TimeoutExpired:
+        signal_group(pid, signal.SIGKILL)
+        with contextlib.suppress(psutil.Error):
+            proc.wait(timeout=5)
+    except psutil.Error:
+        pass
+    signal_group(pid, signal.SIGKILL)
+    return True
