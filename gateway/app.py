@@ -20,6 +20,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from gateway.core import Gateway
 from gateway.errors import GatewayError, error_response, openai_error_response
+from gateway.proxy import routes as proxy_routes
 from gateway.request_id import RequestIdMiddleware, request_id_of
 from gateway.settings import Settings
 
@@ -98,7 +99,11 @@ def create_app(settings: Settings, control_routes: Sequence[BaseRoute] = ()) -> 
         finally:
             await gateway.close()
 
-    routes: list[BaseRoute] = [Route("/health", health, methods=["GET"]), *control_routes]
+    routes: list[BaseRoute] = [
+        Route("/health", health, methods=["GET"]),
+        *proxy_routes(),
+        *control_routes,
+    ]
     return Starlette(
         routes=routes,
         middleware=[Middleware(RequestIdMiddleware), Middleware(LastResortErrors)],

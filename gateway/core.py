@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass, field
 
+import aiohttp
 from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker
 from sqlmodel.ext.asyncio.session import AsyncSession
 from starlette.requests import HTTPConnection
@@ -30,6 +31,7 @@ class Gateway:
     authenticator: Authenticator
     login_throttle: LoginThrottle
     servers: ServerManager
+    http: aiohttp.ClientSession
     jwt_secret: str = field(repr=False)
 
     @classmethod
@@ -53,12 +55,29 @@ class Gateway:
                 settings.login_window_seconds,
             ),
             servers=servers,
+            http=upstream_session(),
             jwt_secret=secret,
         )
 
     async def close(self) -> None:
+        await self.http.close()
         await self.servers.close()
         await self.engine.dispose()
+
+
+def upstream_session() -> aiohttp.ClientSession:
+    """The proxy's client: aiohttp (about 10x httpx's throughput here, see DESIGN.md).
+
+    No total timeout (generations can be long; the client's disconnect ends them), bytes
+    passed through undecoded, and no environment proxies for loopback servers.
+    """
+    return aiohttp.ClientSession(
+        connector=aiohttp.TCPConnector(limit=0, keepalive_timeout=30),
+        timeout=aiohttp.ClientTimeout(total=None, sock_connect=10),
+        auto_decompress=False,
+        trust_env=False,
+        skip_auto_headers=("User-Agent", "Accept-Encoding", "Content-Type"),
+    )
 
 
 def gateway_of(conn: HTTPConnection) -> Gateway:

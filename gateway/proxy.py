@@ -1,0 +1,323 @@
+"""The OpenAI-compatible data plane: `/v1/*`, routed by `model` to a profile's server.
+
+Each request: authenticate (cached), read the body once, take `model`, borrow the server
+(started on demand), forward the bytes, and pass the answer back as it arrives. A stream goes
+on chunk by chunk, never re-framed; when the client leaves, the upstream request is closed at
+once so the model stops generating. The request path touches no database.
+
+The endpoint is a plain ASGI app (not a request/response function) so it can watch for the
+client's disconnect while it waits for the model, and so nothing buffers a stream.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import time
+from typing import Any
+
+import aiohttp
+from starlette.datastructures import Headers
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+from starlette.types import Message, Receive, Scope, Send
+
+from gateway.auth import Principal, require_user
+from gateway.core import Gateway
+from gateway.errors import (
+    BadGateway,
+    BadRequest,
+    Forbidden,
+    GatewayError,
+    NotFound,
+    error_response,
+)
+from gateway.http import parse_json, read_body
+from gateway.request_id import request_id_of
+from gateway.servers import Lease, ManagedServer
+from gateway.upstream_errors import to_openai_error
+
+log = logging.getLogger("mlx_manager.proxy")
+
+ENDPOINTS = (
+    "/v1/chat/completions",
+    "/v1/completions",
+    "/v1/embeddings",
+    "/v1/responses",
+    "/v1/audio/transcriptions",
+    "/v1/images/generations",
+    "/v1/images/edits",
+)
+# Request headers that never go upstream: credentials stay with the gateway, hop-by-hop
+# headers belong to each connection, and aiohttp sets its own length.
+_DROP_REQUEST = frozenset(
+    {
+        "authorization",
+        "cookie",
+        "host",
+        "content-length",
+        "connection",
+        "keep-alive",
+        "transfer-encoding",
+        "te",
+        "upgrade",
+        "proxy-authorization",
+        "x-api-key",
+        "api-key",
+        "x-request-id",
+        "expect",
+    }
+)
+_KEEP_RESPONSE = frozenset({"content-type", "content-encoding", "cache-control", "retry-after"})
+_STREAM_HEADERS = [(b"cache-control", b"no-cache"), (b"x-accel-buffering", b"no")]
+
+
+class ModelNotFound(NotFound):
+    code = "model_not_found"
+
+
+def _gateway(scope: Scope) -> Gateway:
+    gateway: Gateway = scope["app"].state.gateway
+    return gateway
+
+
+class ProxyEndpoint:
+    """POST /v1/<endpoint>: route by model, borrow the server, forward, relay."""
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        gateway = _gateway(scope)
+        request = Request(scope, receive)
+        try:
+            principal = await require_user(request)
+            body = await read_body(request, gateway.settings.max_body_bytes)
+            content_type = request.headers.get("content-type", "")
+            model, body = await _route_fields(scope, content_type, body)
+            server = _resolve(gateway, principal, model)
+            body = _rewrite_alias(content_type, body, model, server.name)
+        except GatewayError as exc:
+            await error_response(exc, openai_shape=True)(scope, receive, send)
+            return
+        # From here on the client may leave at any moment: race the work against that.
+        work = asyncio.ensure_future(self._serve(gateway, scope, receive, send, server, body))
+        gone = asyncio.ensure_future(_wait_for_disconnect(receive))
+        try:
+            await asyncio.wait({work, gone}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            if not work.done():
+                work.cancel()  # closes the upstream request; releases the server
+            gone.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await work
+
+    async def _serve(
+        self,
+        gateway: Gateway,
+        scope: Scope,
+        receive: Receive,
+        send: Send,
+        server: ManagedServer,
+        body: bytes,
+    ) -> None:
+        try:
+            lease = await gateway.servers.acquire(server)
+        except GatewayError as exc:
+            await error_response(exc, openai_shape=True)(scope, receive, send)
+            return
+        try:
+            await _forward(gateway, scope, send, lease, body)
+        finally:
+            lease.release()
+
+
+async def _wait_for_disconnect(receive: Receive) -> None:
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            return
+
+
+async def _route_fields(scope: Scope, content_type: str, body: bytes) -> tuple[str, bytes]:
+    """The requested model: the JSON body's `model`, or the form field for uploads."""
+    if content_type.startswith("multipart/form-data"):
+        model = await _form_model(scope, body)
+    else:
+        data = parse_json(body)
+        if not isinstance(data, dict):
+            raise BadRequest("request body must be a JSON object")
+        model = data.get("model")
+    if not isinstance(model, str) or not model:
+        raise BadRequest("you must provide a model parameter", param="model", code="missing_model")
+    return model, body
+
+
+async def _form_model(scope: Scope, body: bytes) -> Any:
+    replayed = False
+
+    async def replay() -> Message:
+        nonlocal replayed
+        if replayed:
+            return {"type": "http.disconnect"}
+        replayed = True
+        return {"type": "http.request", "body": body, "more_body": False}
+
+    try:
+        form = await Request(scope, replay).form()
+    except Exception as exc:
+        raise BadRequest(f"could not read the multipart form: {exc}") from exc
+    try:
+        return form.get("model")
+    finally:
+        await form.close()
+
+
+def _resolve(gateway: Gateway, principal: Principal, model: str) -> ManagedServer:
+    server = gateway.servers.resolve(model)
+    if server is None:
+        raise ModelNotFound(
+            f"The model '{model}' does not exist; GET /v1/models lists the available ones",
+            param="model",
+        )
+    if not (principal.may_use(model) or principal.may_use(server.name)):
+        raise Forbidden(
+            f"this API key may not use the model '{model}'",
+            param="model",
+            code="model_not_allowed",
+        )
+    return server
+
+
+def _rewrite_alias(content_type: str, body: bytes, model: str, name: str) -> bytes:
+    """Aliases reach the server as the profile's name (what it serves); else bytes unchanged."""
+    if model == name:
+        return body
+    if content_type.startswith("multipart/form-data"):
+        old = b'name="model"\r\n\r\n' + model.encode() + b"\r\n"
+        return body.replace(old, b'name="model"\r\n\r\n' + name.encode() + b"\r\n", 1)
+    data = json.loads(body)
+    data["model"] = name
+    return json.dumps(data, ensure_ascii=False).encode()
+
+
+def _upstream_headers(scope: Scope) -> dict[str, str]:
+    headers = {
+        key: value for key, value in Headers(scope=scope).items() if key not in _DROP_REQUEST
+    }
+    headers["x-request-id"] = request_id_of(scope)
+    return headers
+
+
+async def _forward(gateway: Gateway, scope: Scope, send: Send, lease: Lease, body: bytes) -> None:
+    url = f"http://127.0.0.1:{lease.port}{scope['path']}"
+    query = scope.get("query_string", b"")
+    if query:
+        url += "?" + query.decode("latin-1")
+    started = time.monotonic()
+    try:
+        upstream = await gateway.http.request(
+            scope["method"], url, data=body, headers=_upstream_headers(scope)
+        )
+    except (aiohttp.ClientConnectionError, aiohttp.ClientPayloadError) as exc:
+        raise _unreachable(lease.server, exc) from exc
+    try:
+        content_type = upstream.headers.get("content-type", "")
+        if content_type.startswith("text/event-stream") and upstream.status < 400:
+            await _relay_stream(upstream, send)
+        else:
+            await _relay_body(upstream, send)
+    except (aiohttp.ClientConnectionError, aiohttp.ClientPayloadError) as exc:
+        log.warning(
+            "%s: upstream failed after %.1f s: %s",
+            lease.server.name,
+            time.monotonic() - started,
+            exc,
+        )
+        raise
+    finally:
+        upstream.close()
+
+
+def _unreachable(server: ManagedServer, exc: Exception) -> BadGateway:
+    return BadGateway(
+        f"the model server for '{server.name}' closed the connection or is not reachable "
+        f"({type(exc).__name__}); it may have crashed; retrying starts it again"
+    )
+
+
+async def _relay_stream(upstream: aiohttp.ClientResponse, send: Send) -> None:
+    headers = [h for h in _response_headers(upstream) if h[0] != b"cache-control"]
+    headers.extend(_STREAM_HEADERS)
+    await send({"type": "http.response.start", "status": upstream.status, "headers": headers})
+    async for chunk in upstream.content.iter_any():
+        await send({"type": "http.response.body", "body": chunk, "more_body": True})
+    await send({"type": "http.response.body", "body": b"", "more_body": False})
+
+
+async def _relay_body(upstream: aiohttp.ClientResponse, send: Send) -> None:
+    data = await upstream.read()
+    if upstream.status >= 400:
+        data = json.dumps(to_openai_error(upstream.status, data)).encode()
+        headers = [(b"content-type", b"application/json")]
+    else:
+        headers = _response_headers(upstream)
+    headers.append((b"content-length", str(len(data)).encode()))
+    await send({"type": "http.response.start", "status": upstream.status, "headers": headers})
+    await send({"type": "http.response.body", "body": data, "more_body": False})
+
+
+def _response_headers(upstream: aiohttp.ClientResponse) -> list[tuple[bytes, bytes]]:
+    return [
+        (key.lower().encode("latin-1"), value.encode("latin-1"))
+        for key, value in upstream.headers.items()
+        if key.lower() in _KEEP_RESPONSE
+    ]
+
+
+# ---- model listing --------------------------------------------------------------------------
+
+
+def _model_entry(server: ManagedServer, model_id: str) -> dict[str, Any]:
+    created = server.profile.created_at
+    return {
+        "id": model_id,
+        "object": "model",
+        "created": int(created.timestamp()) if created else 0,
+        "owned_by": "mlx-manager",
+        "profile": server.name,
+        "model_type": server.profile.model_type,
+        "state": server.state,
+    }
+
+
+def _visible_models(gateway: Gateway, principal: Principal) -> list[dict[str, Any]]:
+    entries = []
+    for server in gateway.servers.servers():
+        for model_id in (server.name, *server.profile.aliases):
+            if principal.may_use(model_id) or principal.may_use(server.name):
+                entries.append(_model_entry(server, model_id))
+    return entries
+
+
+async def list_models(request: Request) -> Response:
+    gateway = _gateway(request.scope)
+    principal = await require_user(request)
+    return JSONResponse({"object": "list", "data": _visible_models(gateway, principal)})
+
+
+async def get_model(request: Request) -> Response:
+    gateway = _gateway(request.scope)
+    principal = await require_user(request)
+    model_id = request.path_params["model_id"]
+    server = _resolve(gateway, principal, model_id)
+    return JSONResponse(_model_entry(server, model_id))
+
+
+def routes() -> list[Route]:
+    endpoint = ProxyEndpoint()
+    return [
+        Route("/v1/models", list_models, methods=["GET"]),
+        Route("/v1/models/{model_id:path}", get_model, methods=["GET"]),
+        *(Route(path, endpoint, methods=["POST"]) for path in ENDPOINTS),
+    ]
