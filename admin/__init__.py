@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-from starlette.routing import BaseRoute
-
 from admin import auth, keys, profiles, servers, users
+from gateway.app import ControlPlane
 
 
-def control_routes() -> list[BaseRoute]:
-    return [*auth.routes, *users.routes, *keys.routes, *profiles.routes, *servers.routes]
+def control_plane() -> ControlPlane:
+    return ControlPlane(
+        routes=[*auth.routes, *users.routes, *keys.routes, *profiles.routes, *servers.routes],
+    )

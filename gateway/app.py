@@ -7,8 +7,9 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
+from dataclasses import dataclass
 
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
@@ -87,22 +88,42 @@ class LastResortErrors:
             await response(scope, receive, send)
 
 
-def create_app(settings: Settings, control_routes: Sequence[BaseRoute] = ()) -> Starlette:
+@dataclass(frozen=True)
+class ControlPlane:
+    """What the composition root plugs in: routes, and hooks run with the gateway's lifespan.
+
+    `on_open` runs after the core is up (e.g. resume downloads); `on_close` before it closes.
+    """
+
+    routes: Sequence[BaseRoute] = ()
+    on_open: Sequence[Callable[[Gateway], Awaitable[None]]] = ()
+    on_close: Sequence[Callable[[Gateway], Awaitable[None]]] = ()
+
+
+def create_app(settings: Settings, control: ControlPlane | None = None) -> Starlette:
     """Build the gateway app; nothing connects until the lifespan starts."""
+    control = control or ControlPlane()
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         gateway = await Gateway.open(settings)
         app.state.gateway = gateway
         try:
+            for hook in control.on_open:
+                await hook(gateway)
             yield
         finally:
+            for hook in control.on_close:
+                try:
+                    await hook(gateway)
+                except Exception:
+                    log.exception("shutdown hook failed")
             await gateway.close()
 
     routes: list[BaseRoute] = [
         Route("/health", health, methods=["GET"]),
         *proxy_routes(),
-        *control_routes,
+        *control.routes,
     ]
     return Starlette(
         routes=routes,
