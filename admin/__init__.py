@@ -2,11 +2,18 @@
 
 from __future__ import annotations
 
-from admin import auth, keys, profiles, servers, users
+from admin import auth, keys, profiles, servers, usage, users
 from gateway.app import ControlPlane
 
 
 def control_plane() -> ControlPlane:
     return ControlPlane(
-        routes=[*auth.routes, *users.routes, *keys.routes, *profiles.routes, *servers.routes],
+        routes=[
+            *auth.routes,
+            *users.routes,
+            *keys.routes,
+            *profiles.routes,
+            *servers.routes,
+            *usage.routes,
+        ],
     )

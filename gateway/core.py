@@ -19,6 +19,7 @@ from gateway.db import create_engine, migrate, session_factory
 from gateway.servers import ServerManager
 from gateway.settings import Settings
 from gateway.throttle import LoginThrottle
+from gateway.usage import UsageRecorder
 
 log = logging.getLogger("mlx_manager")
 
@@ -32,6 +33,7 @@ class Gateway:
     login_throttle: LoginThrottle
     servers: ServerManager
     http: aiohttp.ClientSession
+    usage: UsageRecorder
     jwt_secret: str = field(repr=False)
 
     @classmethod
@@ -44,6 +46,8 @@ class Gateway:
         sessions = session_factory(engine)
         servers = ServerManager(settings, sessions)
         await servers.open()
+        usage = UsageRecorder(sessions)
+        usage.start()
         return cls(
             settings=settings,
             engine=engine,
@@ -56,12 +60,14 @@ class Gateway:
             ),
             servers=servers,
             http=upstream_session(),
+            usage=usage,
             jwt_secret=secret,
         )
 
     async def close(self) -> None:
         await self.http.close()
         await self.servers.close()
+        await self.usage.close()
         await self.engine.dispose()
 
 

@@ -39,6 +39,7 @@ from gateway.http import parse_json, read_body
 from gateway.request_id import request_id_of
 from gateway.servers import Lease, ManagedServer
 from gateway.upstream_errors import to_openai_error
+from gateway.usage import RequestTap, tokens_in
 
 log = logging.getLogger("mlx_manager.proxy")
 
@@ -92,6 +93,38 @@ class ProxyEndpoint:
         request = Request(scope, receive)
         try:
             principal = await require_user(request)
+        except GatewayError as exc:
+            await error_response(exc, openai_shape=True)(scope, receive, send)
+            return
+        tap = RequestTap(started=time.monotonic())
+        model = ""
+
+        async def tapped_send(message: Message) -> None:
+            if message["type"] == "http.response.body":
+                if tap.first_byte is None:
+                    tap.first_byte = time.monotonic()
+                tap.saw(message.get("body", b""))
+            elif message["type"] == "http.response.start":
+                tap.status = message["status"]
+            await send(message)
+
+        try:
+            model = await self._handle(gateway, scope, receive, tapped_send, request, principal)
+        finally:
+            _account(gateway, scope, principal, model, tap)
+
+    async def _handle(
+        self,
+        gateway: Gateway,
+        scope: Scope,
+        receive: Receive,
+        send: Send,
+        request: Request,
+        principal: Principal,
+    ) -> str:
+        """Route and serve; returns the model asked for (for accounting)."""
+        model = ""
+        try:
             body = await read_body(request, gateway.settings.max_body_bytes)
             content_type = request.headers.get("content-type", "")
             model, body = await _route_fields(scope, content_type, body)
@@ -99,7 +132,7 @@ class ProxyEndpoint:
             body = _rewrite_alias(content_type, body, model, server.name)
         except GatewayError as exc:
             await error_response(exc, openai_shape=True)(scope, receive, send)
-            return
+            return model
         # From here on the client may leave at any moment: race the work against that.
         work = asyncio.ensure_future(self._serve(gateway, scope, receive, send, server, body))
         gone = asyncio.ensure_future(_wait_for_disconnect(receive))
@@ -111,6 +144,7 @@ class ProxyEndpoint:
             gone.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await work
+        return model
 
     async def _serve(
         self,
@@ -130,6 +164,25 @@ class ProxyEndpoint:
             await _forward(gateway, scope, send, lease, body)
         finally:
             lease.release()
+
+
+def _account(
+    gateway: Gateway, scope: Scope, principal: Principal, model: str, tap: RequestTap
+) -> None:
+    now = time.monotonic()
+    prompt, completion = tokens_in(bytes(tap.tail)) if tap.status < 400 else (0, 0)
+    gateway.usage.record(
+        request_id=request_id_of(scope),
+        user_id=principal.user_id,
+        key_id=principal.key_id,
+        model=model,
+        endpoint=scope["path"],
+        status=tap.status or 499,  # nothing sent: the client went away first
+        prompt_tokens=prompt,
+        completion_tokens=completion,
+        latency_ms=round((now - tap.started) * 1000, 2),
+        ttfb_ms=None if tap.first_byte is None else round((tap.first_byte - tap.started) * 1000, 2),
+    )
 
 
 async def _wait_for_disconnect(receive: Receive) -> None:
