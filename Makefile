@@ -14,6 +14,7 @@ help:
 	@echo "make run    install what is missing, then start the gateway on 127.0.0.1:8080"
 	@echo "make test   install what is missing (test tools included), then run the whole suite"
 	@echo "make lint   ruff (lint + format check) and mypy"
+	@echo "make bench  the proxy benchmark: stub upstream direct vs through the gateway"
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -38,6 +39,9 @@ run: install backend
 
 test: install-test backend
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+bench: install-test
+	$(BIN)/python -m tests.bench.proxy_bench
 
 lint: install-test
 	$(BIN)/ruff check .

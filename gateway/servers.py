@@ -610,8 +610,9 @@ class ServerManager:
                     self.events.idle_stops += 1
                     self._begin_stop(server, reason="idle timeout")
             delay = scheduler.next_expiry(self._views(), time.monotonic())
-            wait = 1.0 if delay is None else min(max(delay, 0.05), 1.0)
-            await self._changed.wait(wait)
+            # A plain sleep, not the change notifier: that fires on every request's end, and
+            # a release only ever moves expiries later.
+            await asyncio.sleep(1.0 if delay is None else min(max(delay, 0.05), 1.0))
 
     async def _health_loop(self) -> None:
         while True:

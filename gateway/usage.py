@@ -92,7 +92,7 @@ class UsageRecorder:
         try:
             async with self._sessions() as session:
                 conn = await session.connection()
-                await conn.execute(insert(Usage).values(batch))
+                await conn.execute(insert(Usage), batch)  # executemany: one compiled statement
                 key_ids = {u["key_id"] for u in batch if u.get("key_id") is not None}
                 if key_ids:
                     await conn.execute(
