@@ -16,7 +16,6 @@ import asyncio
 import json
 import os
 import secrets
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -149,7 +148,7 @@ async def main(scale: float) -> int:
         rows: dict[str, dict[str, Result]] = {}
         connector = aiohttp.TCPConnector(limit=0)
         async with aiohttp.ClientSession(connector=connector) as session:
-            for name, (url, headers) in targets.items():  # warm-up (also starts the server)
+            for url, headers in targets.values():  # warm-up (also starts the server)
                 await drive(session, url, headers, BODY, 8, 200, False)
             for name, (url, headers) in targets.items():
                 rows[name] = {
