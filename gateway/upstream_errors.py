@@ -17,16 +17,24 @@ def to_openai_error(status: int, body: bytes) -> dict[str, Any]:
         data = json.loads(body) if body else None
     except (json.JSONDecodeError, UnicodeDecodeError):
         data = None
+    if isinstance(data, dict) and isinstance(data.get("detail"), dict):
+        # mlx-openai-server wraps OpenAI errors in FastAPI's detail: {"detail": {"error": {...}}}
+        if isinstance(data["detail"].get("error"), dict):
+            data = data["detail"]
     if isinstance(data, dict) and isinstance(data.get("error"), dict):
         error = data["error"]
         return openai_error_body(
             str(error.get("message", "")) or f"model server answered {status}",
             str(error.get("type") or default_error_type(status)),
-            error.get("code"),
-            error.get("param"),
+            _string_or_none(error.get("code")),
+            _string_or_none(error.get("param")),
         )
     message = _message(data, body, status)
     return openai_error_body(message, default_error_type(status), _code(status))
+
+
+def _string_or_none(value: Any) -> str | None:
+    return None if value is None else str(value)
 
 
 def _message(data: Any, body: bytes, status: int) -> str:
