@@ -135,6 +135,7 @@ def build_command(
     model_folder: str,
     backend: BackendInfo | None,
     log_level: str = "INFO",
+    prompt_cache_dir: str | None = None,
 ) -> list[str]:
     """The argv for one server. `backend` is required unless the profile has a `command`."""
     if profile.command:
@@ -171,6 +172,9 @@ def build_command(
         add("--log-level", log_level.upper())
     if "--no-log-file" in backend.flags:
         add("--no-log-file")
+    if prompt_cache_dir and "--prompt-cache-dir" in backend.flags:
+        # Its default is a fresh /tmp folder per process that a killed server leaves behind.
+        add("--prompt-cache-dir", prompt_cache_dir)
     for arg in profile.extra_args:
         if arg.startswith("--"):
             backend.require(arg.split("=", 1)[0])

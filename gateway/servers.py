@@ -17,6 +17,7 @@ import contextlib
 import logging
 import math
 import os
+import shutil
 import time
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
@@ -493,12 +494,15 @@ class ServerManager:
             )
         backend: BackendInfo | None = None if profile.command else await self._probe.info()
         port = self._choose_port(profile)
+        cache_dir = self._prompt_cache_dir(server)
+        await asyncio.to_thread(_reset_folder, cache_dir)
         argv = build_command(
             profile,
             port=port,
             model_folder=str(folder) if folder else profile.model_path,
             backend=backend,
             log_level="DEBUG" if self.settings.log_level == "debug" else "INFO",
+            prompt_cache_dir=str(cache_dir),
         )
         env = {"PYTHONUNBUFFERED": "1", **profile.env}
         if self.settings.hf_cache_path:
@@ -513,6 +517,9 @@ class ServerManager:
             log_path=path,
             env=env,
         )
+
+    def _prompt_cache_dir(self, server: ManagedServer) -> Path:
+        return self.settings.home / "prompt-cache" / log_path(Path(), server.name).stem
 
     def _choose_port(self, profile: ServerProfile) -> int:
         taken = {
@@ -543,6 +550,7 @@ class ServerManager:
                 await process.stop(self.settings.stop_timeout)
         finally:
             await self._forget_instance(server)
+            await asyncio.to_thread(shutil.rmtree, self._prompt_cache_dir(server), True)
             server.state = "stopped"
             server.measured_bytes = 0
             server.cpu_percent = None
@@ -691,6 +699,11 @@ class ServerManager:
 def _start_failed(server: ManagedServer, task: asyncio.Task[None]) -> bool:
     """Whether the start this caller joined ended in failure (not a later start or stop)."""
     return server.state == "failed" and server.task is task
+
+
+def _reset_folder(path: Path) -> None:
+    shutil.rmtree(path, ignore_errors=True)
+    path.mkdir(parents=True, exist_ok=True)
 
 
 def _existing_folder(path: str) -> Path | None:

@@ -17,10 +17,9 @@ def to_openai_error(status: int, body: bytes) -> dict[str, Any]:
         data = json.loads(body) if body else None
     except (json.JSONDecodeError, UnicodeDecodeError):
         data = None
-    if isinstance(data, dict) and isinstance(data.get("detail"), dict):
-        # mlx-openai-server wraps OpenAI errors in FastAPI's detail: {"detail": {"error": {...}}}
-        if isinstance(data["detail"].get("error"), dict):
-            data = data["detail"]
+    detail = data.get("detail") if isinstance(data, dict) else None
+    if isinstance(detail, dict) and isinstance(detail.get("error"), dict):
+        data = detail  # mlx-openai-server nests OpenAI errors: {"detail": {"error": {...}}}
     if isinstance(data, dict) and isinstance(data.get("error"), dict):
         error = data["error"]
         return openai_error_body(
