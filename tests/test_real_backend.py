@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import signal
 from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 
 import httpx
@@ -16,6 +17,7 @@ import openai
 import psutil
 import pytest
 import pytest_asyncio
+from openai.types.chat import ChatCompletionMessageParam
 
 from tests.conftest import bearer, make_settings
 from tests.support.backend import require_backend, tiny_model, wait_until
@@ -49,21 +51,24 @@ class Deployment:
         return response.json()
 
 
+@asynccontextmanager
 async def deploy(home: Path, **settings: object) -> AsyncIterator[Deployment]:
     backend = require_backend()
     config = make_settings(home, backend_bin=backend, start_timeout=180, **settings)
-    async with running_gateway(config) as handle:
-        async with httpx.AsyncClient(base_url=handle.url, timeout=180) as http:
-            creds = {"email": "admin@example.com", "password": "admin-password"}
-            assert (await http.post("/api/auth/register", json=creds)).status_code == 201
-            token = (await http.post("/api/auth/login", json=creds)).json()["access_token"]
-            key = await http.post("/api/keys", json={"name": "sdk"}, headers=bearer(token))
-            yield Deployment(handle, http, token, key.json()["key"])
+    async with (
+        running_gateway(config) as handle,
+        httpx.AsyncClient(base_url=handle.url, timeout=180) as http,
+    ):
+        creds = {"email": "admin@example.com", "password": "admin-password"}
+        assert (await http.post("/api/auth/register", json=creds)).status_code == 201
+        token = (await http.post("/api/auth/login", json=creds)).json()["access_token"]
+        key = await http.post("/api/keys", json={"name": "sdk"}, headers=bearer(token))
+        yield Deployment(handle, http, token, key.json()["key"])
 
 
 @pytest_asyncio.fixture(scope="module", loop_scope="module")
 async def shared(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Deployment]:
-    async for deployment in deploy(tmp_path_factory.mktemp("real")):
+    async with deploy(tmp_path_factory.mktemp("real")) as deployment:
         profile = await deployment.create_profile(name="tiny", aliases=["tiny-alias"])
         deployment.profile_id = profile["id"]
         yield deployment
@@ -188,7 +193,8 @@ async def test_killed_server_comes_back_on_the_next_request(shared: Deployment) 
     os.kill(victim, signal.SIGKILL)
 
     async def marked_stopped() -> bool:
-        return (await shared.server(pid))["state"] == "stopped"
+        state: str = (await shared.server(pid))["state"]
+        return state == "stopped"
 
     await wait_until(marked_stopped, timeout=30)
     completion = await shared.sdk().chat.completions.create(
@@ -202,11 +208,11 @@ async def test_killed_server_comes_back_on_the_next_request(shared: Deployment) 
 
 async def test_idle_server_is_evicted_for_another_and_ttl_stops_it(tmp_path: Path) -> None:
     # Each profile claims 1 GB; the cap holds one (the real tree measures ~0.5 GB).
-    async for deployment in deploy(tmp_path / "evict", max_memory_gb=1.5):
+    async with deploy(tmp_path / "evict", max_memory_gb=1.5) as deployment:
         first = await deployment.create_profile(name="first", memory_gb=1.0)
         second = await deployment.create_profile(name="second", memory_gb=1.0, idle_ttl=2)
         client = deployment.sdk()
-        message = [{"role": "user", "content": "hi"}]
+        message: list[ChatCompletionMessageParam] = [{"role": "user", "content": "hi"}]
         await client.chat.completions.create(model="first", messages=message, max_tokens=2)
         first_pid = (await deployment.server(first["id"]))["pid"]
         await client.chat.completions.create(model="second", messages=message, max_tokens=2)
@@ -217,6 +223,7 @@ async def test_idle_server_is_evicted_for_another_and_ttl_stops_it(tmp_path: Pat
         assert (await deployment.server(second["id"]))["state"] == "ready"
 
         async def second_stopped() -> bool:
-            return (await deployment.server(second["id"]))["state"] == "stopped"
+            state: str = (await deployment.server(second["id"]))["state"]
+            return state == "stopped"
 
         await wait_until(second_stopped, timeout=30)  # the 2 s TTL, counted from the end
