@@ -19,8 +19,10 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from gateway.core import Gateway
+from gateway.auth import require_admin
+from gateway.core import Gateway, gateway_of
 from gateway.errors import GatewayError, error_response, openai_error_response
+from gateway.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from gateway.proxy import routes as proxy_routes
 from gateway.request_id import RequestIdMiddleware, request_id_of
 from gateway.settings import Settings
@@ -30,6 +32,14 @@ log = logging.getLogger("mlx_manager")
 
 async def health(request: Request) -> Response:
     return JSONResponse({"status": "ok"})
+
+
+async def metrics(request: Request) -> Response:
+    """Prometheus text; needs an admin token unless MLX_MANAGER_METRICS_PUBLIC is on."""
+    gateway = gateway_of(request)
+    if not gateway.settings.metrics_public:
+        await require_admin(request)
+    return Response(gateway.metrics.render(), media_type=METRICS_CONTENT_TYPE)
 
 
 def _is_openai_path(request: Request) -> bool:
@@ -122,6 +132,7 @@ def create_app(settings: Settings, control: ControlPlane | None = None) -> Starl
 
     routes: list[BaseRoute] = [
         Route("/health", health, methods=["GET"]),
+        Route("/metrics", metrics, methods=["GET"]),
         *proxy_routes(),
         *control.routes,
     ]

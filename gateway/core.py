@@ -16,6 +16,7 @@ from starlette.requests import HTTPConnection
 
 from gateway.auth import Authenticator
 from gateway.db import create_engine, migrate, session_factory
+from gateway.metrics import Metrics
 from gateway.servers import ServerManager
 from gateway.settings import Settings
 from gateway.throttle import LoginThrottle
@@ -34,6 +35,7 @@ class Gateway:
     servers: ServerManager
     http: aiohttp.ClientSession
     usage: UsageRecorder
+    metrics: Metrics
     jwt_secret: str = field(repr=False)
 
     @classmethod
@@ -48,6 +50,8 @@ class Gateway:
         await servers.open()
         usage = UsageRecorder(sessions)
         usage.start()
+        metrics = Metrics()
+        metrics.watch_servers(servers)
         return cls(
             settings=settings,
             engine=engine,
@@ -61,6 +65,7 @@ class Gateway:
             servers=servers,
             http=upstream_session(),
             usage=usage,
+            metrics=metrics,
             jwt_secret=secret,
         )
 

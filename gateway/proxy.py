@@ -171,17 +171,23 @@ def _account(
 ) -> None:
     now = time.monotonic()
     prompt, completion = tokens_in(bytes(tap.tail)) if tap.status < 400 else (0, 0)
+    status = tap.status or 499  # nothing sent: the client went away first
+    endpoint = scope["path"]
+    first_byte = None if tap.first_byte is None else tap.first_byte - tap.started
+    gateway.metrics.observe_request(
+        model, endpoint, status, now - tap.started, first_byte, prompt, completion
+    )
     gateway.usage.record(
         request_id=request_id_of(scope),
         user_id=principal.user_id,
         key_id=principal.key_id,
         model=model,
-        endpoint=scope["path"],
-        status=tap.status or 499,  # nothing sent: the client went away first
+        endpoint=endpoint,
+        status=status,
         prompt_tokens=prompt,
         completion_tokens=completion,
         latency_ms=round((now - tap.started) * 1000, 2),
-        ttfb_ms=None if tap.first_byte is None else round((tap.first_byte - tap.started) * 1000, 2),
+        ttfb_ms=None if first_byte is None else round(first_byte * 1000, 2),
     )
 
 
@@ -277,7 +283,11 @@ async def _forward(gateway: Gateway, scope: Scope, send: Send, lease: Lease, bod
     try:
         content_type = upstream.headers.get("content-type", "")
         if content_type.startswith("text/event-stream") and upstream.status < 400:
-            await _relay_stream(upstream, send)
+            gateway.metrics.open_streams.inc()
+            try:
+                await _relay_stream(upstream, send)
+            finally:
+                gateway.metrics.open_streams.dec()
         else:
             await _relay_body(upstream, send)
     except (aiohttp.ClientConnectionError, aiohttp.ClientPayloadError) as exc:

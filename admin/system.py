@@ -1,0 +1,81 @@
+"""`/api/system`: memory (the cap and who holds what) and facts about the machine."""
+
+from __future__ import annotations
+
+import asyncio
+
+import psutil
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from gateway.auth import require_user
+from gateway.core import gateway_of
+from gateway.launch import find_backend
+from gateway.system_info import backend_versions, host_facts
+
+
+def _backend_cache(request: Request) -> dict[str | None, dict[str, str | None]]:
+    """Backend versions are read once per app: a subprocess per request would be wasteful."""
+    state = request.app.state
+    if not hasattr(state, "backend_versions"):
+        state.backend_versions = {}
+    cache: dict[str | None, dict[str, str | None]] = state.backend_versions
+    return cache
+
+
+async def memory(request: Request) -> Response:
+    await require_user(request)
+    manager = gateway_of(request).servers
+    await manager.measure_all()
+    virtual = await asyncio.to_thread(psutil.virtual_memory)
+    servers = [
+        {
+            "name": s.name,
+            "state": s.state,
+            "memory_bytes": s.measured_bytes,
+            "need_bytes": s.need_bytes,
+        }
+        for s in manager.servers()
+        if s.state in ("starting", "ready", "stopping")
+    ]
+    return JSONResponse(
+        {
+            "total_bytes": virtual.total,
+            "available_bytes": virtual.available,
+            "cap_bytes": manager.cap_bytes,
+            "servers_bytes": sum(s["memory_bytes"] for s in servers),
+            "reserved_bytes": manager.resident_bytes(),
+            "servers": servers,
+        }
+    )
+
+
+async def info(request: Request) -> Response:
+    await require_user(request)
+    gateway = gateway_of(request)
+    facts = await asyncio.to_thread(host_facts)
+    cache: dict[str | None, dict[str, str | None]] = _backend_cache(request)
+    executable = find_backend(gateway.settings)
+    if executable not in cache:
+        cache[executable] = await backend_versions(executable)
+    return JSONResponse(
+        {
+            **facts,
+            "backend": {"executable": executable, "packages": cache[executable]},
+            "settings": {
+                "home": str(gateway.settings.home),
+                "offline_mode": gateway.settings.offline_mode,
+                "idle_ttl": gateway.settings.idle_ttl,
+                "queue_timeout": gateway.settings.queue_timeout,
+                "max_memory_percent": gateway.settings.max_memory_percent,
+                "max_memory_gb": gateway.settings.max_memory_gb,
+            },
+        }
+    )
+
+
+routes = [
+    Route("/api/system/memory", memory, methods=["GET"]),
+    Route("/api/system/info", info, methods=["GET"]),
+]
