@@ -19,6 +19,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from gateway.access_log import AccessLogMiddleware
 from gateway.auth import require_admin
 from gateway.core import Gateway, gateway_of
 from gateway.errors import GatewayError, error_response, openai_error_response
@@ -138,7 +139,11 @@ def create_app(settings: Settings, control: ControlPlane | None = None) -> Starl
     ]
     return Starlette(
         routes=routes,
-        middleware=[Middleware(RequestIdMiddleware), Middleware(LastResortErrors)],
+        middleware=[
+            Middleware(RequestIdMiddleware),
+            Middleware(AccessLogMiddleware),
+            Middleware(LastResortErrors),
+        ],
         exception_handlers={
             GatewayError: _gateway_error,
             HTTPException: _http_error,

@@ -16,6 +16,7 @@ from rich.table import Table
 from sqlmodel import select
 
 from gateway.accounts import register_user
+from gateway.cli_models import model_app
 from gateway.db import create_engine, migrate, session_factory
 from gateway.errors import GatewayError
 from gateway.models import User
@@ -24,6 +25,7 @@ from gateway.settings import Settings, SettingsError, load_settings
 app = typer.Typer(help="mlx-manager: an OpenAI-compatible gateway for local MLX models.")
 user_app = typer.Typer(help="Manage user accounts directly in the database.")
 app.add_typer(user_app, name="user")
+app.add_typer(model_app, name="model")
 console = Console()
 errors = Console(stderr=True)
 
@@ -58,7 +60,7 @@ def serve(
     except SettingsError as exc:
         errors.print(f"[red]{exc}[/red]")
         raise typer.Exit(2) from exc
-    configure_logging(settings.log_level)
+    configure_logging(settings.log_level, settings.log_json)
     uvicorn.run(
         build_app(settings),
         host=settings.host,

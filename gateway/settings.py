@@ -80,6 +80,7 @@ class Settings(BaseSettings):
     max_body_mb: Annotated[float, Field(gt=0, le=4096)] = 100
     metrics_public: bool = False
     log_level: Literal["debug", "info", "warning", "error"] = "info"
+    log_json: bool = False
 
     login_max_failures: Annotated[int, Field(ge=1, le=1000)] = 5
     login_window_seconds: Annotated[float, Field(gt=0, le=86400)] = 300

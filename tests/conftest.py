@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+import logging
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import httpx
 import pytest
 
 from gateway.settings import Settings
+from tests.support import secrets
 from tests.support.gateway import GatewayHandle, running_gateway
 
 TEST_SECRET = "test-secret-" + "x" * 40
@@ -27,6 +29,26 @@ def make_settings(home: Path, **overrides: object) -> Settings:
     return Settings(**values)  # type: ignore[arg-type]
 
 
+SESSION_LOG = "gateway-session.log"
+
+
+@pytest.fixture(scope="session", autouse=True)
+def session_log(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """Everything the in-process gateways log, kept for the secret scan at the end."""
+    path = tmp_path_factory.getbasetemp() / SESSION_LOG
+    handler = logging.FileHandler(path)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    root = logging.getLogger()
+    previous = root.level
+    root.addHandler(handler)
+    root.setLevel(logging.INFO)
+    secrets.SEEN.add(TEST_SECRET)
+    yield path
+    root.removeHandler(handler)
+    root.setLevel(previous)
+    handler.close()
+
+
 @pytest.fixture
 def settings(tmp_path: Path) -> Settings:
     return make_settings(tmp_path / "home")
@@ -40,7 +62,9 @@ async def gateway(settings: Settings) -> AsyncIterator[GatewayHandle]:
 
 @pytest.fixture
 async def client(gateway: GatewayHandle) -> AsyncIterator[httpx.AsyncClient]:
-    async with httpx.AsyncClient(base_url=gateway.url, timeout=30) as http:
+    async with httpx.AsyncClient(
+        base_url=gateway.url, timeout=30, event_hooks=secrets.HOOKS
+    ) as http:
         yield http
 
 
