@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from admin import auth, keys, profiles, servers, usage, users
+from admin import auth, downloads, keys, models, profiles, servers, usage, users
 from gateway.app import ControlPlane
 
 
@@ -15,5 +15,9 @@ def control_plane() -> ControlPlane:
             *profiles.routes,
             *servers.routes,
             *usage.routes,
+            *models.routes,
+            *downloads.routes,
         ],
+        on_open=[downloads.open_downloads],
+        on_close=[downloads.close_downloads],
     )

@@ -9,7 +9,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import JSON, Column, DateTime, ForeignKey, Integer, String
+from sqlalchemy import JSON, BigInteger, Column, DateTime, ForeignKey, Integer, String
 from sqlmodel import Field, SQLModel
 
 
@@ -105,14 +105,22 @@ class RunningInstance(SQLModel, table=True):
 
 
 class Download(SQLModel, table=True):
+    """One model download; unfinished rows are resumed when the gateway starts."""
+
     __tablename__ = "downloads"
 
     id: int | None = Field(default=None, primary_key=True)
     model_id: str = Field(max_length=300, index=True)
     revision: str | None = None
+    # The commit `revision` resolved to when the download began: a resume continues that very
+    # commit (its partial files), even if the branch has moved on since.
+    commit_sha: str | None = Field(default=None, max_length=64)
     status: str = Field(default="pending", max_length=16)
-    bytes_done: int = 0
-    bytes_total: int | None = None
+    # 64-bit: model files pass 2 GiB, and PostgreSQL's INTEGER stops there.
+    bytes_done: int = Field(default=0, sa_column=Column(BigInteger, nullable=False))
+    bytes_total: int | None = Field(default=None, sa_column=Column(BigInteger, nullable=True))
+    files_done: int = 0
+    files_total: int | None = None
     error: str | None = None
     created_at: datetime = _ts(default_factory=utcnow)
     updated_at: datetime = _ts(default_factory=utcnow)
