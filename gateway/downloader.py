@@ -235,7 +235,7 @@ class _Hasher:
             self._hash = hashlib.sha1(usedforsecurity=False)
             self._hash.update(b"blob %d\0" % self.file.size)
 
-    def update(self, data: bytes) -> None:
+    def update(self, data: bytes | bytearray) -> None:
         self._hash.update(data)
 
     def update_from(self, path: Path, length: int) -> None:
@@ -404,15 +404,15 @@ class _Fetcher:
                 self.progress.advance(file.path, len(chunk))
                 # By size (few thread hops) or by time (a kill loses at most a second).
                 if len(buffer) >= WRITE_BUFFER or time.monotonic() - flushed_at >= FLUSH_SECONDS:
-                    await asyncio.to_thread(_write, handle, hasher, bytes(buffer))
-                    offset += len(buffer)
-                    buffer.clear()
+                    full, buffer = buffer, bytearray()  # handed over whole: no copy
+                    await asyncio.to_thread(_write, handle, hasher, full)
+                    offset += len(full)
                     flushed_at = time.monotonic()
         finally:
             # Also when the connection breaks or the task is stopped: what arrived is kept,
             # so the next attempt (or the next start) asks only for the rest.
             if buffer:
-                await asyncio.to_thread(_write, handle, hasher, bytes(buffer))
+                await asyncio.to_thread(_write, handle, hasher, buffer)
                 offset += len(buffer)
         return offset
 
@@ -443,7 +443,7 @@ def _range_starts_at(response: httpx.Response, offset: int) -> bool:
     return unit == "bytes" and spec.split("-", 1)[0].strip() == str(offset)
 
 
-def _write(handle: IO[bytes], hasher: _Hasher, data: bytes) -> None:
+def _write(handle: IO[bytes], hasher: _Hasher, data: bytes | bytearray) -> None:
     handle.write(data)
     hasher.update(data)
 

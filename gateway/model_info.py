@@ -519,3 +519,38 @@ def find_cached_mlx_model(model_id: str, cache_dir: Path | None) -> Path | None:
     if not describe_model(snapshot, repo_id).is_mlx:
         return None
     return snapshot
+
+
+@dataclass(frozen=True, slots=True)
+class CachedModelProfile:
+    """A cached MLX model and the profile that suits it (what JIT profiles are built from)."""
+
+    repo_id: str  # as the cache spells it: the model_path that loads it
+    folder: Path
+    characteristics: ModelCharacteristics
+    suggestion: SuggestedProfile
+
+    def profile_fields(self, name: str) -> dict[str, Any]:
+        """ServerProfile(**fields) for a profile called `name` (what the client asked for)."""
+        return {"name": name, "model_path": self.repo_id, **self.suggestion.fields()}
+
+
+def profile_for_cached_model(
+    model_id: str,
+    cache_dir: Path | None,
+    tool_call_parsers: Collection[str] = TOOL_CALL_PARSERS,
+    reasoning_parsers: Collection[str] = REASONING_PARSERS,
+) -> CachedModelProfile | None:
+    """`find_cached_mlx_model` + `describe_model` + `suggested_profile` in one call; None when
+    `model_id` is not a complete MLX model in the cache. Reads files: call it in a thread."""
+    folder = find_cached_mlx_model(model_id, cache_dir)
+    if folder is None:
+        return None
+    repo_id = repo_id_from_snapshot(folder) or model_id
+    model = describe_model(folder, repo_id)
+    return CachedModelProfile(
+        repo_id=repo_id,
+        folder=folder,
+        characteristics=model,
+        suggestion=suggested_profile(model, tool_call_parsers, reasoning_parsers),
+    )

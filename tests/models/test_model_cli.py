@@ -161,3 +161,39 @@ def test_search_and_clear_errors(hub: EmulatorProcess, cli_env: dict[str, str]) 
     assert offline.returncode == 1
     assert "offline mode is on" in offline.stderr
     assert not [r for r in hub.requests() if TINY in r["path"]]
+
+
+def test_pulled_tiny_model_is_ready_for_a_jit_profile(
+    cache_dir: Path, cli_env: dict[str, str], tmp_path: Path
+) -> None:
+    """The real tiny Llama, served by a hub and pulled by the CLI, is what a JIT profile needs:
+    found by the (lowercased) name a client sends, described, loadable by its model_path."""
+    from gateway.model_info import profile_for_cached_model
+    from gateway.model_paths import resolve_model_folder
+    from tests.support.hub_emulator import running_emulator
+    from tests.support.hub_fixtures import publish_folder
+    from tests.support.tiny_model import build_tiny_model
+
+    repo = "mlx-community/Tiny-Chat-JIT"
+    root = tmp_path / "hub"
+    publish_folder(root, repo, build_tiny_model(tmp_path / "tiny"))
+    with running_emulator(root, tmp_path / "requests.jsonl") as own_hub:
+        pulled = invoke({**cli_env, "HF_ENDPOINT": own_hub.url}, "pull", repo)
+    assert pulled.returncode == 0, pulled.stderr
+
+    found = profile_for_cached_model(repo.lower(), cache_dir)
+    assert found is not None
+    assert found.repo_id == repo
+    fields = found.profile_fields(repo.lower())
+    assert fields == {
+        "name": repo.lower(),
+        "model_path": repo,
+        "model_type": "lm",
+        "tool_call_parser": None,
+        "reasoning_parser": None,
+        "enable_auto_tool_choice": False,
+        "trust_remote_code": False,
+    }
+    assert found.characteristics.has_chat_template
+    assert resolve_model_folder(fields["model_path"], cache_dir) == found.folder
+    assert profile_for_cached_model("mlx-community/not-pulled", cache_dir) is None

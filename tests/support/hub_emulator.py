@@ -27,7 +27,8 @@ Test controls (not hub API): ``GET /_emulator/requests`` (the request log), ``PO
 /_emulator/config`` with any of ``bytes_per_second`` (throttle file bodies; 0 = unlimited),
 ``drop_after_bytes`` (cut the connection after that many body bytes of the next file
 transfers; null = never), ``api_status`` (answer every ``/api`` call with this status; null
-= normal); ``POST /_emulator/reset`` (clear log and config). Every request is also appended to
+= normal); ``POST /_emulator/reset`` (clear log and config); ``POST /_emulator/reload``
+(rescan ROOT, after a test added a repo). Every request is also appended to
 ``--log FILE`` (one JSON object per line, flushed at once) so a test can read it after a kill.
 
 Run: ``python tests/support/hub_emulator.py --root DIR [--port 0] [--log FILE]
@@ -58,7 +59,8 @@ from aiohttp import web
 
 LFS_PATTERNS = ("*.safetensors", "*.bin", "*.npz", "*.gguf", "*.pt", "*.pth", "*.h5", "*.onnx")
 LFS_SIZE_THRESHOLD = 10 * 1024 * 1024
-CHUNK = 16 * 1024
+CHUNK = 16 * 1024  # throttled: fine-grained pacing
+FAST_CHUNK = 256 * 1024
 DEFAULT_DATE = "2025-01-01T00:00:00.000Z"
 META_FILE = ".hub.json"
 
@@ -176,6 +178,7 @@ class Controls:
 
 @dataclass
 class Emulator:
+    root: Path
     repos: dict[str, Repo]
     tokens: set[str]
     use_cdn: bool
@@ -406,13 +409,13 @@ class Emulator:
                     assert request.transport is not None
                     request.transport.close()  # a network cut: the client sees a short body
                     return response
-                size = min(CHUNK, length - sent)
+                rate = self.controls.bytes_per_second
+                size = min(CHUNK if rate else FAST_CHUNK, length - sent)
                 if drop is not None:
                     size = min(size, max(1, drop - sent))
                 data = handle.read(size)
                 await response.write(data)
                 sent += len(data)
-                rate = self.controls.bytes_per_second
                 if rate:
                     ahead = sent / rate - (time.monotonic() - began)
                     if ahead > 0:
@@ -428,6 +431,10 @@ class Emulator:
     async def configure(self, request: web.Request) -> web.Response:
         self.controls.update(await request.json())
         return web.json_response(self.controls.__dict__)
+
+    async def reload(self, request: web.Request) -> web.Response:
+        self.repos = load_repos(self.root)
+        return web.json_response(sorted(r.repo_id for r in self.repos.values()))
 
     async def reset(self, request: web.Request) -> web.Response:
         self.log.clear()
@@ -514,12 +521,14 @@ def build_app(emulator: Emulator) -> web.Application:
     app.router.add_get("/_emulator/requests", emulator.requests)
     app.router.add_post("/_emulator/config", emulator.configure)
     app.router.add_post("/_emulator/reset", emulator.reset)
+    app.router.add_post("/_emulator/reload", emulator.reload)
     return app
 
 
 async def serve(args: argparse.Namespace) -> None:
     initial = Controls(bytes_per_second=args.bytes_per_second)
     emulator = Emulator(
+        root=Path(args.root),
         repos=load_repos(Path(args.root)),
         tokens=set(args.token),
         use_cdn=not args.no_cdn,
@@ -589,6 +598,12 @@ class EmulatorProcess:
         import httpx
 
         httpx.post(f"{self.url}/_emulator/config", json=values, timeout=5).raise_for_status()
+
+    def reload(self) -> None:
+        """Rescan the fixture folder (after a test published a repo into it)."""
+        import httpx
+
+        httpx.post(f"{self.url}/_emulator/reload", timeout=10).raise_for_status()
 
     def reset(self) -> None:
         import httpx

@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import random
+import shutil
 import struct
 from pathlib import Path
 from typing import Any
@@ -215,6 +216,22 @@ def build_hub(root: Path) -> Path:
     )
     (root / ".complete").write_text("ok")
     return root
+
+
+def publish_folder(
+    root: Path, repo_id: str, folder: Path, meta: dict[str, Any] | None = None
+) -> Path:
+    """Serve a model folder (e.g. tests/support/tiny_model.py's) as hub repo `repo_id`, with an
+    MLX model card unless it has one; call the emulator's `reload()` afterwards."""
+    target = root / repo_id
+    if target.exists():
+        shutil.rmtree(target)
+    shutil.copytree(folder, target, ignore=shutil.ignore_patterns(".*"))
+    if not (target / "README.md").exists():
+        (target / "README.md").write_text(MLX_README.format(name=repo_id))
+    info = {"library_name": "mlx", "tags": ["text-generation"], "downloads": 1, "likes": 0}
+    (target / ".hub.json").write_text(json.dumps({**info, **(meta or {})}, indent=2))
+    return target
 
 
 def repo_file_hashes(root: Path, repo_id: str) -> dict[str, str]:
