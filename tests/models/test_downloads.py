@@ -15,8 +15,10 @@ import pytest
 from huggingface_hub import scan_cache_dir, snapshot_download
 
 import gateway.downloader
-from tests.conftest import bearer
+from gateway.settings import Settings
+from tests.conftest import bearer, login, register_and_login
 from tests.models.conftest import wait_for_download
+from tests.support.gateway import running_gateway
 from tests.support.hub_emulator import EmulatorProcess
 from tests.support.hub_fixtures import (
     BIG,
@@ -254,8 +256,6 @@ async def test_not_enough_disk_is_507(
 async def test_non_admins_read_but_cannot_download(
     hub: EmulatorProcess, client: httpx.AsyncClient, admin_token: str
 ) -> None:
-    from tests.conftest import login
-
     await client.post(
         "/api/auth/register", json={"email": "u@example.com", "password": "pw-123456"}
     )
@@ -304,3 +304,41 @@ async def test_delete_local_model_refused_while_a_server_uses_it(
     assert "POST /api/downloads" in gone.json()["detail"]
     with contextlib.suppress(Exception):
         await client.delete(f"/api/profiles/{profile_id}", headers=bearer(admin_token))
+
+
+async def test_graceful_restart_keeps_and_resumes_the_download(
+    hub: EmulatorProcess, hub_root: Path, cache_dir: Path, settings: Settings
+) -> None:
+    """Stopping the gateway mid-download keeps the row unfinished and its partial files (the
+    last buffer flushed), and the next start continues them with Range requests."""
+    hub.configure(bytes_per_second=600_000)
+    async with running_gateway(settings) as first, httpx.AsyncClient(base_url=first.url) as client:
+        token = await register_and_login(client, "admin@example.com", "admin-password")
+        record = (await post_download(client, token, model_id=BIG)).json()
+        await wait_for_download(
+            client, token, record["id"], until=lambda v: v["bytes_done"] > 500_000
+        )
+    kept = {p.name.removesuffix(".incomplete"): p.stat().st_size for p in partial_files(cache_dir)}
+    assert kept
+    assert max(kept.values()) > 0
+    hub.configure(bytes_per_second=0)
+    before = len(hub.requests())
+    async with (
+        running_gateway(settings) as second,
+        httpx.AsyncClient(base_url=second.url) as client,
+    ):
+        from tests.conftest import login
+
+        token = await login(client, "admin@example.com", "admin-password")
+        done = await wait_for_download(client, token, record["id"])
+        assert done["status"] == "completed", done
+    ranges = {
+        r["path"].removeprefix("/_cdn/"): r["range"]
+        for r in hub.requests()[before:]
+        if r["path"].startswith("/_cdn/")
+    }
+    for etag, size in kept.items():
+        if size:
+            assert ranges[etag] == f"bytes={size}-"
+    snapshot = Path(snapshot_download(BIG, cache_dir=cache_dir, local_files_only=True))
+    assert_matches_source(hub_root, snapshot, BIG)
