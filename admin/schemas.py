@@ -15,7 +15,8 @@ from gateway.models import ApiKey, User
 
 
 class Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    # strict: "yes" is not a boolean and "5" is not a number in an admin API.
+    model_config = ConfigDict(extra="forbid", strict=True)
 
 
 class Credentials(Strict):

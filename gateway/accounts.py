@@ -137,8 +137,8 @@ async def update_user(
             "this is the last active admin; promote another user first", code="last_admin"
         )
     if status is not None and status != user.status:
-        if status == "disabled":
-            user.token_version += 1
+        if user.status == "approved":
+            user.token_version += 1  # leaving "approved" kills every token, for good
         user.status = status
     if is_admin is not None:
         user.is_admin = is_admin

@@ -12,6 +12,7 @@ from typing import Annotated
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 from sqlmodel import select
 
@@ -34,7 +35,7 @@ def _settings(**overrides: object) -> Settings:
     try:
         return load_settings(**overrides)
     except SettingsError as exc:
-        errors.print(f"[red]{exc}[/red]")
+        errors.print(f"[red]{escape(str(exc))}[/red]")
         raise typer.Exit(2) from exc
 
 
@@ -58,7 +59,7 @@ def serve(
     try:
         settings.resolved_jwt_secret()
     except SettingsError as exc:
-        errors.print(f"[red]{exc}[/red]")
+        errors.print(f"[red]{escape(str(exc))}[/red]")
         raise typer.Exit(2) from exc
     configure_logging(settings.log_level, settings.log_json)
     uvicorn.run(
@@ -95,10 +96,10 @@ def user_create(
     try:
         user = asyncio.run(create())
     except GatewayError as exc:
-        errors.print(f"[red]error:[/red] {exc.message}")
+        errors.print(f"[red]error:[/red] {escape(exc.message)}")
         raise typer.Exit(1) from exc
     role = "admin" if user.is_admin else "user"
-    console.print(f"created {role} {user.email} (id {user.id}, {user.status})")
+    console.print(f"created {role} {escape(user.email)} (id {user.id}, {user.status})")
 
 
 @user_app.command("list")
@@ -118,8 +119,12 @@ def user_list() -> None:
     table = Table("id", "email", "role", "status", "created")
     for user in asyncio.run(fetch()):
         role = "admin" if user.is_admin else "user"
-        table.add_row(str(user.id), user.email, role, user.status, user.created_at.isoformat())
-    console.print(table)
+        table.add_row(
+            str(user.id), escape(user.email), role, user.status, user.created_at.isoformat()
+        )
+    # Piped output is not a terminal: rich would wrap at 80 columns and cut long emails.
+    out = console if console.is_terminal else Console(width=10_000)
+    out.print(table)
 
 
 def main() -> None:

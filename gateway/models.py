@@ -25,6 +25,8 @@ def _ts(**kwargs: Any) -> Any:
 
 class User(SQLModel, table=True):
     __tablename__ = "users"
+    # Never reuse a deleted user's id: a token minted for them must not fit a newcomer.
+    __table_args__ = {"sqlite_autoincrement": True}
 
     id: int | None = Field(default=None, primary_key=True)
     email: str = Field(sa_column=Column(String(320), unique=True, nullable=False, index=True))
@@ -141,7 +143,7 @@ class Usage(SQLModel, table=True):
 
     id: int | None = Field(default=None, primary_key=True)
     created_at: datetime = _ts(default_factory=utcnow)
-    request_id: str | None = Field(default=None, max_length=64)
+    request_id: str | None = Field(default=None, max_length=128)
     user_id: int | None = Field(
         default=None,
         sa_column=Column(

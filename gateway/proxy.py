@@ -97,7 +97,6 @@ class ProxyEndpoint:
             await error_response(exc, openai_shape=True)(scope, receive, send)
             return
         tap = RequestTap(started=time.monotonic())
-        model = ""
 
         async def tapped_send(message: Message) -> None:
             if message["type"] == "http.response.body":
@@ -109,9 +108,9 @@ class ProxyEndpoint:
             await send(message)
 
         try:
-            model = await self._handle(gateway, scope, receive, tapped_send, request, principal)
+            await self._handle(gateway, scope, receive, tapped_send, request, principal, tap)
         finally:
-            _account(gateway, scope, principal, model, tap)
+            _account(gateway, scope, principal, tap)
 
     async def _handle(
         self,
@@ -121,18 +120,18 @@ class ProxyEndpoint:
         send: Send,
         request: Request,
         principal: Principal,
-    ) -> str:
-        """Route and serve; returns the model asked for (for accounting)."""
-        model = ""
+        tap: RequestTap,
+    ) -> None:
         try:
             body = await read_body(request, gateway.settings.max_body_bytes)
             content_type = request.headers.get("content-type", "")
             model, body = await _route_fields(scope, content_type, body)
+            tap.model = model
             server = _resolve(gateway, principal, model)
             body = _rewrite_alias(content_type, body, model, server.name)
         except GatewayError as exc:
             await error_response(exc, openai_shape=True)(scope, receive, send)
-            return model
+            return
         # From here on the client may leave at any moment: race the work against that.
         work = asyncio.ensure_future(self._serve(gateway, scope, receive, send, server, body))
         gone = asyncio.ensure_future(_wait_for_disconnect(receive))
@@ -144,7 +143,6 @@ class ProxyEndpoint:
             gone.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await work
-        return model
 
     async def _serve(
         self,
@@ -162,13 +160,14 @@ class ProxyEndpoint:
             return
         try:
             await _forward(gateway, scope, send, lease, body)
+        except GatewayError as exc:  # raised only before anything was sent
+            await error_response(exc, openai_shape=True)(scope, receive, send)
         finally:
             lease.release()
 
 
-def _account(
-    gateway: Gateway, scope: Scope, principal: Principal, model: str, tap: RequestTap
-) -> None:
+def _account(gateway: Gateway, scope: Scope, principal: Principal, tap: RequestTap) -> None:
+    model = tap.model
     now = time.monotonic()
     prompt, completion = tokens_in(bytes(tap.tail)) if tap.status < 400 else (0, 0)
     status = tap.status or 499  # nothing sent: the client went away first
@@ -289,7 +288,7 @@ async def _forward(gateway: Gateway, scope: Scope, send: Send, lease: Lease, bod
             finally:
                 gateway.metrics.open_streams.dec()
         else:
-            await _relay_body(upstream, send)
+            await _relay_body(upstream, send, lease.server)
     except (aiohttp.ClientConnectionError, aiohttp.ClientPayloadError) as exc:
         log.warning(
             "%s: upstream failed after %.1f s: %s",
@@ -318,8 +317,11 @@ async def _relay_stream(upstream: aiohttp.ClientResponse, send: Send) -> None:
     await send({"type": "http.response.body", "body": b"", "more_body": False})
 
 
-async def _relay_body(upstream: aiohttp.ClientResponse, send: Send) -> None:
-    data = await upstream.read()
+async def _relay_body(upstream: aiohttp.ClientResponse, send: Send, server: ManagedServer) -> None:
+    try:
+        data = await upstream.read()
+    except (aiohttp.ClientConnectionError, aiohttp.ClientPayloadError) as exc:
+        raise _unreachable(server, exc) from exc
     if upstream.status >= 400:
         data = json.dumps(to_openai_error(upstream.status, data)).encode()
         headers = [(b"content-type", b"application/json")]

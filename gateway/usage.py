@@ -44,6 +44,7 @@ class RequestTap:
     """What the proxy learns about one request while relaying it."""
 
     started: float
+    model: str = ""
     status: int = 0
     first_byte: float | None = None
     tail: bytearray = field(default_factory=bytearray)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+from collections.abc import Callable
 from typing import Any
 
 import httpx
@@ -41,4 +42,4 @@ async def on_response(response: httpx.Response) -> None:
             remember(response.json())
 
 
-HOOKS = {"request": [on_request], "response": [on_response]}
+HOOKS: dict[str, list[Callable[..., Any]]] = {"request": [on_request], "response": [on_response]}
