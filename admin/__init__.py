@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from admin import auth, downloads, keys, models, profiles, servers, usage, users
+from admin import auth, downloads, keys, models, profiles, servers, system, usage, users
 from gateway.app import ControlPlane
 
 
@@ -17,6 +17,7 @@ def control_plane() -> ControlPlane:
             *usage.routes,
             *models.routes,
             *downloads.routes,
+            *system.routes,
         ],
         on_open=[downloads.open_downloads],
         on_close=[downloads.close_downloads],
