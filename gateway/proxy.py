@@ -36,6 +36,7 @@ from gateway.errors import (
     error_response,
 )
 from gateway.http import parse_json, read_body
+from gateway.jit import profile_on_demand
 from gateway.request_id import request_id_of
 from gateway.servers import Lease, ManagedServer
 from gateway.upstream_errors import to_openai_error
@@ -127,7 +128,7 @@ class ProxyEndpoint:
             content_type = request.headers.get("content-type", "")
             model, body = await _route_fields(scope, content_type, body)
             tap.model = model
-            server = _resolve(gateway, principal, model)
+            server = await _resolve_or_create(gateway, principal, model)
             body = _rewrite_alias(content_type, body, model, server.name)
         except GatewayError as exc:
             await error_response(exc, openai_shape=True)(scope, receive, send)
@@ -229,6 +230,13 @@ async def _form_model(scope: Scope, body: bytes) -> Any:
         return form.get("model")
     finally:
         await form.close()
+
+
+async def _resolve_or_create(gateway: Gateway, principal: Principal, model: str) -> ManagedServer:
+    """Like `_resolve`, but a cached MLX model without a profile gets one (JIT profiles)."""
+    if gateway.servers.resolve(model) is None and principal.may_use(model):
+        await profile_on_demand(gateway, model)
+    return _resolve(gateway, principal, model)
 
 
 def _resolve(gateway: Gateway, principal: Principal, model: str) -> ManagedServer:

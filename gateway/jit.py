@@ -1,0 +1,63 @@
+"""Just-in-time profiles: "download, then just call it".
+
+When `/v1` names a model that has no profile but is a complete MLX model in the local Hugging
+Face cache, a profile is made from what the model's config says (kind, parsers for its family)
+and saved like any other, so it shows up in `/api/profiles` and can be edited afterwards.
+Off with `MLX_MANAGER_AUTO_PROFILES=false`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+from gateway.core import Gateway
+from gateway.launch import BackendUnavailable
+from gateway.model_info import (
+    REASONING_PARSERS,
+    TOOL_CALL_PARSERS,
+    profile_for_cached_model,
+)
+from gateway.models import ServerProfile
+from gateway.servers import ManagedServer
+
+log = logging.getLogger("mlx_manager.jit")
+_locks: dict[int, asyncio.Lock] = {}
+
+
+async def profile_on_demand(gateway: Gateway, model: str) -> ManagedServer | None:
+    """The server for `model`, creating its profile from the cache; None when not cached."""
+    if not gateway.settings.auto_profiles or "/" not in model:
+        return None
+    lock = _locks.setdefault(id(gateway), asyncio.Lock())
+    async with lock:  # two first requests for one model make one profile
+        existing = gateway.servers.resolve(model)
+        if existing is not None:
+            return existing
+        tool_parsers, reasoning_parsers = await _parser_choices(gateway)
+        cached = await asyncio.to_thread(
+            profile_for_cached_model,
+            model,
+            gateway.settings.hf_cache_path,
+            tool_parsers,
+            reasoning_parsers,
+        )
+        if cached is None:
+            return None
+        profile = ServerProfile(**cached.profile_fields(model))
+        async with gateway.sessions() as session:
+            session.add(profile)
+            await session.commit()
+        log.info("created profile %r for cached model %s", model, cached.repo_id)
+        return await gateway.servers.add_profile(profile)
+
+
+async def _parser_choices(gateway: Gateway) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    try:
+        backend = await gateway.servers.backend_info()
+    except BackendUnavailable:
+        return tuple(TOOL_CALL_PARSERS), tuple(REASONING_PARSERS)
+    return (
+        backend.choices.get("--tool-call-parser", tuple(TOOL_CALL_PARSERS)),
+        backend.choices.get("--reasoning-parser", tuple(REASONING_PARSERS)),
+    )
