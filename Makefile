@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 BACKEND_VENV ?= .venv-backend
 export BACKEND_VENV
 
-.PHONY: run test lint format install install-test backend bench clean help
+.PHONY: run test lint format install install-test backend bench docs clean help
 .DEFAULT_GOAL := help
 
 help:
@@ -15,6 +15,7 @@ help:
 	@echo "make test   install what is missing (test tools included), then run the whole suite"
 	@echo "make lint   ruff (lint + format check) and mypy"
 	@echo "make bench  the proxy benchmark: stub upstream direct vs through the gateway"
+	@echo "make docs   build the documentation site (mkdocs --strict) into site/"
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -28,6 +29,10 @@ $(VENV)/.installed-test: pyproject.toml | $(BIN)/python
 	$(BIN)/pip install --quiet -e '.[test]'
 	@touch $@ $(VENV)/.installed-run
 
+$(VENV)/.installed-docs: pyproject.toml | $(BIN)/python
+	$(BIN)/pip install --quiet -e '.[docs]'
+	@touch $@
+
 install: $(VENV)/.installed-run
 install-test: $(VENV)/.installed-test
 
@@ -39,6 +44,9 @@ run: install backend
 
 test: install-test backend
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+docs: $(VENV)/.installed-docs
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict
 
 bench: install-test
 	$(BIN)/python -m tests.bench.proxy_bench

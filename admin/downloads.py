@@ -23,6 +23,7 @@ from gateway.downloads import DownloadManager
 from gateway.errors import ServiceUnavailable
 from gateway.hf_cache import default_cache_dir
 from gateway.http import read_model
+from gateway.sse import SSE_HEADERS, until_stopping
 
 KEEPALIVE_SECONDS = 15.0
 _MANAGERS: dict[int, DownloadManager] = {}
@@ -82,9 +83,9 @@ async def download_events(request: Request) -> Response:
     await require_user(request)
     manager = manager_of(request)
     return StreamingResponse(
-        _sse(manager),
+        until_stopping(gateway_of(request).stopping, _sse(manager)),
         media_type="text/event-stream",
-        headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+        headers=SSE_HEADERS,
     )
 
 

@@ -21,7 +21,7 @@ from gateway.errors import Conflict, NotFound, Unprocessable
 from gateway.http import read_model
 from gateway.launch import BackendUnavailable, build_command
 from gateway.model_paths import resolve_model_folder
-from gateway.models import ServerProfile, utcnow
+from gateway.models import ServerProfile, iso_utc, utcnow
 from gateway.servers import ManagedServer
 
 ModelType = Literal["lm", "multimodal", "embeddings", "whisper", "image-generation", "image-edit"]
@@ -70,6 +70,8 @@ class ProfileUpdate(ProfileFields):
 
 def public_profile(profile: ServerProfile, state: str | None = None) -> dict[str, Any]:
     data = profile.model_dump(mode="json")
+    data["created_at"] = iso_utc(profile.created_at)
+    data["updated_at"] = iso_utc(profile.updated_at)
     data["state"] = state
     return data
 

@@ -6,12 +6,11 @@ path into a response.
 
 from __future__ import annotations
 
-from datetime import datetime
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from gateway.models import ApiKey, User
+from gateway.models import ApiKey, User, iso_utc
 
 
 class Strict(BaseModel):
@@ -63,5 +62,4 @@ def public_key(key: ApiKey) -> dict[str, object]:
     }
 
 
-def _iso(value: datetime | None) -> str | None:
-    return value.isoformat() if value else None
+_iso = iso_utc

@@ -17,6 +17,7 @@ from gateway.core import gateway_of
 from gateway.errors import NotFound
 from gateway.logfiles import tail
 from gateway.servers import ManagedServer
+from gateway.sse import SSE_HEADERS, until_stopping
 
 FOLLOW_POLL_SECONDS = 0.25
 MAX_TAIL = 10_000
@@ -74,9 +75,9 @@ async def server_logs(request: Request) -> Response:
     path = manager.log_file(server)
     if "text/event-stream" in request.headers.get("accept", ""):
         return StreamingResponse(
-            _follow(request, path, lines),
+            until_stopping(gateway_of(request).stopping, _follow(request, path, lines)),
             media_type="text/event-stream",
-            headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+            headers=SSE_HEADERS,
         )
     text = await asyncio.to_thread(tail, path, lines)
     return JSONResponse(

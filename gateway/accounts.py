@@ -99,7 +99,8 @@ async def check_password_login(session: AsyncSession, email: str, password: str)
         return None
     if new_hash is not None:
         user.password_hash = new_hash
-    user.last_login_at = utcnow()
+    if user.status == "approved":
+        user.last_login_at = utcnow()
     session.add(user)
     await session.commit()
     return user

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import sys
+from types import FrameType
 from typing import Annotated
 
 import typer
@@ -16,6 +17,7 @@ from rich.markup import escape
 from rich.table import Table
 from sqlmodel import select
 
+from gateway import cli_remote
 from gateway.accounts import register_user
 from gateway.cli_models import model_app
 from gateway.db import create_engine, migrate, session_factory
@@ -27,6 +29,8 @@ app = typer.Typer(help="mlx-manager: an OpenAI-compatible gateway for local MLX 
 user_app = typer.Typer(help="Manage user accounts directly in the database.")
 app.add_typer(user_app, name="user")
 app.add_typer(model_app, name="model")
+app.command()(cli_remote.status)
+app.command()(cli_remote.usage)
 console = Console()
 errors = Console(stderr=True)
 
@@ -62,14 +66,26 @@ def serve(
         errors.print(f"[red]{escape(str(exc))}[/red]")
         raise typer.Exit(2) from exc
     configure_logging(settings.log_level, settings.log_json)
-    uvicorn.run(
-        build_app(settings),
+    app = build_app(settings)
+
+    class Server(uvicorn.Server):
+        """Tells the gateway at the first signal, so event streams end before uvicorn waits."""
+
+        def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+            gateway = getattr(app.state, "gateway", None)
+            if gateway is not None:
+                gateway.stopping.set()
+            super().handle_exit(sig, frame)
+
+    config = uvicorn.Config(
+        app,
         host=settings.host,
         port=settings.port,
         log_config=None,
         access_log=False,
         timeout_graceful_shutdown=int(settings.stop_timeout) + 5,
     )
+    Server(config).run()
 
 
 @user_app.command("create")

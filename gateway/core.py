@@ -6,6 +6,7 @@ test gets its own database and settings.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from dataclasses import dataclass, field
 
@@ -37,6 +38,8 @@ class Gateway:
     usage: UsageRecorder
     metrics: Metrics
     jwt_secret: str = field(repr=False)
+    # Set as soon as shutdown begins, so endless responses (event streams) can end first.
+    stopping: asyncio.Event = field(default_factory=asyncio.Event)
 
     @classmethod
     async def open(cls, settings: Settings) -> Gateway:

@@ -49,7 +49,7 @@ from gateway.hub import (
     plan_download,
 )
 from gateway.local_models import LocalCatalog
-from gateway.models import Download, utcnow
+from gateway.models import Download, iso_utc, utcnow
 from gateway.settings import Settings
 
 log = logging.getLogger("mlx_manager.downloads")
@@ -127,7 +127,7 @@ def _round(value: float | None) -> float | None:
 
 
 def _iso(value: Any) -> str | None:
-    return value.isoformat() if value is not None else None
+    return iso_utc(value)
 
 
 class DownloadManager:

@@ -101,21 +101,27 @@ class BackendProbe:
                 f"{BACKEND_NAME} is not installed; run `make backend` "
                 "or set MLX_MANAGER_BACKEND_BIN"
             )
-        try:
-            proc = await asyncio.create_subprocess_exec(
-                executable,
-                "launch",
-                "--help",
-                stdout=asyncio.subprocess.PIPE,
-                stderr=asyncio.subprocess.STDOUT,
-            )
-            output, _ = await asyncio.wait_for(proc.communicate(), timeout=120)
-        except (OSError, TimeoutError) as exc:
-            raise BackendUnavailable(f"could not run {executable} launch --help: {exc}") from exc
-        text = output.decode("utf-8", errors="replace")
-        if proc.returncode != 0 or "--model-path" not in text:
+        code, text = await _run(executable, "launch", "--help")
+        if code != 0 or "--model-path" not in text:
             raise BackendUnavailable(f"{executable} launch --help failed:\n{text[-2000:]}")
-        return parse_help(executable, text)
+        # The version is printed by `--version` (mlx-openai-server prints a banner with it).
+        _, version_text = await _run(executable, "--version")
+        return parse_help(executable, version_text + "\n" + text)
+
+
+async def _run(executable: str, *args: str) -> tuple[int, str]:
+    try:
+        proc = await asyncio.create_subprocess_exec(
+            executable,
+            *args,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.STDOUT,
+        )
+        output, _ = await asyncio.wait_for(proc.communicate(), timeout=120)
+    except (OSError, TimeoutError) as exc:
+        command = " ".join((executable, *args))
+        raise BackendUnavailable(f"could not run {command}: {exc}") from exc
+    return proc.returncode or 0, output.decode("utf-8", errors="replace")
 
 
 def fill_placeholders(argv: list[str], values: dict[str, str]) -> list[str]:

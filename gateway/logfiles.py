@@ -14,6 +14,7 @@ import shutil
 from pathlib import Path
 
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
+_ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")  # colour codes servers print even into files
 
 
 def log_path(logs_dir: Path, profile_name: str) -> Path:
@@ -56,12 +57,14 @@ def tail(path: Path, lines: int, max_bytes: int = 1024 * 1024) -> str:
             data = handle.read()
     except FileNotFoundError:
         return ""
-    text = data.decode("utf-8", errors="replace")
+    text = _ANSI.sub("", data.decode("utf-8", errors="replace"))
     return "\n".join(text.splitlines()[-lines:])
 
 
 def mark(path: Path, message: str) -> None:
     """A gateway line in the server's log, so the log tells the whole story of a start."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "a", encoding="utf-8") as handle:
-        handle.write(f"[mlx-manager] {message}\n")
+    fd = open_for_child(path)
+    try:
+        os.write(fd, f"[mlx-manager] {message}\n".encode())
+    finally:
+        os.close(fd)

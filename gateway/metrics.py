@@ -115,7 +115,7 @@ class ServerCollector(Collector):
             counter.add_metric([], value)
             yield counter
         waiting = GaugeMetricFamily(
-            "mlx_manager_requests_waiting", "Requests waiting for memory or a server start."
+            "mlx_manager_requests_waiting", "Requests waiting for memory held by busy servers."
         )
         waiting.add_metric([], events.waiting)
         yield waiting

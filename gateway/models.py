@@ -17,6 +17,18 @@ def utcnow() -> datetime:
     return datetime.now(UTC)
 
 
+def iso_utc(value: datetime | None) -> str | None:
+    """One timestamp format everywhere: ISO 8601 in UTC with its offset.
+
+    SQLite hands timestamps back without a zone; they were written in UTC, so say so.
+    """
+    if value is None:
+        return None
+    if value.tzinfo is None:
+        value = value.replace(tzinfo=UTC)
+    return value.astimezone(UTC).isoformat()
+
+
 def _ts(**kwargs: Any) -> Any:
     """A timezone-aware timestamp column (SQLite stores it as text, PostgreSQL as timestamptz)."""
     nullable = kwargs.pop("nullable", False)

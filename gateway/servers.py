@@ -36,7 +36,7 @@ from gateway.launch import BackendInfo, BackendProbe, build_command
 from gateway.logfiles import log_path, mark, rotate_if_large, tail
 from gateway.memory import ProcessTreeMeter, cap_bytes, estimate_need_bytes
 from gateway.model_paths import resolve_model_folder
-from gateway.models import RunningInstance, ServerProfile
+from gateway.models import RunningInstance, ServerProfile, iso_utc
 from gateway.scheduler import ServerState
 from gateway.settings import Settings
 from gateway.supervisor import (
@@ -133,8 +133,7 @@ class ManagedServer:
         }
 
 
-def _iso(value: datetime | None) -> str | None:
-    return value.isoformat() if value else None
+_iso = iso_utc
 
 
 class Notifier:
@@ -365,8 +364,15 @@ class ServerManager:
             assert server.task is not None
             task = server.task
             # Join the start or stop under way. asyncio.wait neither raises the task's error
-            # nor cancels the task when this caller is cancelled.
-            await asyncio.wait({task})
+            # nor cancels the task when this caller is cancelled (or gives up).
+            remaining = deadline - time.monotonic()
+            await asyncio.wait({task}, timeout=max(remaining, 0))
+            if not task.done():
+                raise QueueTimeout(
+                    f"model {server.name!r} is still {server.state}; it keeps going in the "
+                    "background, try again shortly",
+                    headers={"Retry-After": str(self._retry_after())},
+                )
             if _start_failed(server, task):
                 raise StartFailed(server.last_error or f"{server.name}: start failed")
             return

@@ -69,7 +69,7 @@ class ServerProcess:
                 stdin=asyncio.subprocess.DEVNULL,
                 stdout=log_fd,
                 stderr=log_fd,
-                env={**os.environ, **self.spec.env},
+                env={**child_environment(), **self.spec.env},
                 cwd=self.spec.cwd,
                 start_new_session=True,
             )
@@ -145,6 +145,12 @@ class ServerProcess:
 
     def log_tail(self, lines: int = LOG_TAIL_LINES) -> str:
         return tail(self.spec.log_path, lines)
+
+
+def child_environment() -> dict[str, str]:
+    """The gateway's environment minus its own settings: a model server (or any `command`)
+    has no business seeing MLX_MANAGER_JWT_SECRET."""
+    return {k: v for k, v in os.environ.items() if not k.startswith("MLX_MANAGER_")}
 
 
 def signal_group(pgid: int, sig: signal.Signals) -> None:

@@ -19,7 +19,7 @@ import psutil
 BACKEND_PACKAGES = ("mlx", "mlx-lm", "mlx-openai-server", "mlx-vlm", "mlx-embeddings")
 _PROBE = (
     "import json, importlib.metadata as m\n"
-    "out = {}\n"
+    "out = {{}}\n"
     "for name in {names!r}:\n"
     "    try: out[name] = m.version(name)\n"
     "    except m.PackageNotFoundError: out[name] = None\n"

@@ -50,5 +50,6 @@ async def running_gateway(settings: Settings) -> AsyncIterator[GatewayHandle]:
     try:
         yield GatewayHandle(url=f"http://127.0.0.1:{port}", app=app, settings=settings)
     finally:
+        app.state.gateway.stopping.set()
         server.should_exit = True
         await asyncio.wait_for(task, timeout=60)
