@@ -125,6 +125,15 @@ def plan_start(
     if resident + need_bytes <= cap_bytes:
         return Admit()
 
+    # Memory already on its way out counts as freed: when the stops under way are enough,
+    # wait for them instead of evicting more (else each re-plan would claim one more victim).
+    stopping = sum(s.need_bytes for s in others if s.state == "stopping")
+    if resident - stopping + need_bytes <= cap_bytes:
+        return Wait(
+            blockers=tuple(sorted(s.name for s in others if s.state == "stopping")),
+            shortfall_bytes=resident + need_bytes - cap_bytes,
+        )
+
     candidates = sorted((s for s in others if _is_idle(s)), key=_lru_key)
     freed = 0
     for i, s in enumerate(candidates):

@@ -50,7 +50,12 @@ from gateway.supervisor import (
 
 log = logging.getLogger("mlx_manager.servers")
 GIB = 1024**3
-MAX_RETRY_AFTER = 120  # the OpenAI SDK will not honour a longer Retry-After
+MAX_RETRY_AFTER = 120
+_ALIVE = (
+    "starting",
+    "ready",
+    "stopping",
+)  # states in which a process exists  # the OpenAI SDK will not honour a longer Retry-After
 
 
 class ModelTooLarge(BadRequest):
@@ -119,8 +124,8 @@ class ManagedServer:
             "profile_id": self.profile_id,
             "name": self.name,
             "state": self.state,
-            "pid": proc.pid if proc is not None and self.state != "stopped" else None,
-            "port": self.port if self.state != "stopped" else None,
+            "pid": proc.pid if proc is not None and self.state in _ALIVE else None,
+            "port": self.port if self.state in _ALIVE else None,
             "started_at": _iso(self.started_at),
             "last_used_at": _iso(self.last_used_at),
             "inflight": self.inflight,

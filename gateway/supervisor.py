@@ -160,6 +160,8 @@ def signal_group(pgid: int, sig: signal.Signals) -> None:
 
 def port_is_free(port: int, host: str = "127.0.0.1") -> bool:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        # As a server would bind: a restarted server's old TIME_WAIT connections don't count.
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             sock.bind((host, port))
         except OSError:
@@ -188,13 +190,22 @@ def kill_recorded_process(pid: int, create_time: float, grace: float) -> bool:
     except psutil.Error:
         return False
     signal_group(pid, signal.SIGTERM)
-    try:
-        proc.wait(timeout=grace)
-    except psutil.TimeoutExpired:
+    if not _wait_exited(proc, grace):
         signal_group(pid, signal.SIGKILL)
-        with contextlib.suppress(psutil.Error):
-            proc.wait(timeout=5)
-    except psutil.Error:
-        pass
+        _wait_exited(proc, 5)
     signal_group(pid, signal.SIGKILL)
     return True
+
+
+def _wait_exited(proc: psutil.Process, within: float) -> bool:
+    """Until the process is gone or a zombie: not our child, so nobody here reaps it, and
+    psutil's own wait() would count a zombie as running until its real parent reaps it."""
+    deadline = time.monotonic() + within
+    while time.monotonic() < deadline:
+        try:
+            if proc.status() == psutil.STATUS_ZOMBIE:
+                return True
+        except psutil.Error:
+            return True
+        time.sleep(0.05)
+    return False
