@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 from collections.abc import AsyncIterator
 
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from pydantic import Field
 from starlette.requests import HTTPConnection, Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
@@ -38,7 +39,18 @@ async def open_downloads(gateway: Gateway) -> None:
     cache = gateway.settings.hf_cache_path or default_cache_dir()
     manager = DownloadManager(gateway.settings, gateway.sessions, cache)
     _MANAGERS[id(gateway)] = manager
+    gateway.metrics.add_collector(lambda: _download_metrics(manager))
     await manager.open()
+
+
+def _download_metrics(manager: DownloadManager) -> list[Metric]:
+    received = CounterMetricFamily(
+        "mlx_manager_download_bytes", "Bytes downloaded from the hub since the gateway started."
+    )
+    received.add_metric([], manager.transferred_bytes)
+    active = GaugeMetricFamily("mlx_manager_downloads_active", "Downloads transferring now.")
+    active.add_metric([], manager.active_count)
+    return [received, active]
 
 
 async def close_downloads(gateway: Gateway) -> None:

@@ -148,6 +148,8 @@ class DownloadManager:
         self._subscribers: set[_Subscriber] = set()
         self._client: httpx.AsyncClient | None = None
         self._closing = False
+        # Bytes received since the gateway started (for metrics); resumed bytes not recounted.
+        self.transferred_bytes = 0
 
     # ---- lifecycle -----------------------------------------------------------------------
 
@@ -449,6 +451,7 @@ class DownloadManager:
             else:
                 weight = 1 - math.exp(-elapsed / RATE_TIME_CONSTANT)
                 active.rate += weight * (instant - active.rate)
+        self.transferred_bytes += max(0, progress.transferred - active.sampled_bytes)
         active.sampled_at, active.sampled_bytes = now, progress.transferred
         if progress.total:
             record.bytes_total = progress.total
@@ -460,6 +463,10 @@ class DownloadManager:
             if progress.waiting_for_lock
             else None
         )
+
+    @property
+    def active_count(self) -> int:
+        return len(self._active)
 
     def _finish(self, record: Download, status: str, error: str | None) -> None:
         record.status = status
