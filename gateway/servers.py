@@ -19,8 +19,8 @@ import math
 import os
 import shutil
 import time
-from collections.abc import Awaitable, Callable, Iterable
-from dataclasses import dataclass, field
+from collections.abc import Awaitable
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -189,7 +189,6 @@ class ServerEvents:
     idle_stops: int = 0
     health_restarts: int = 0
     waiting: int = 0
-    extra: dict[str, int] = field(default_factory=dict)
 
 
 class ServerManager:
@@ -726,10 +725,3 @@ def _consume_exception(task: asyncio.Task[Any]) -> None:
     """Start/stop errors are reported to the callers that joined; never 'never retrieved'."""
     if not task.cancelled():
         task.exception()
-
-
-def iter_names(servers: Iterable[ManagedServer]) -> list[str]:
-    return [s.name for s in servers]
-
-
-Callback = Callable[[], None]
