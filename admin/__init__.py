@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from admin import auth, downloads, keys, models, profiles, servers, system, usage, users
+from admin import auth, downloads, keys, models, profiles, servers, system, ui, usage, users
 from gateway.app import ControlPlane
 
 
@@ -18,6 +18,7 @@ def control_plane() -> ControlPlane:
             *models.routes,
             *downloads.routes,
             *system.routes,
+            *ui.routes,
         ],
         on_open=[downloads.open_downloads],
         on_close=[downloads.close_downloads],
