@@ -355,8 +355,9 @@ class ServerManager:
         server.last_used_at = datetime.now(UTC)
         self._changed.notify()
 
-    async def ensure_ready(self, server: ManagedServer) -> None:
-        deadline = time.monotonic() + self.settings.queue_timeout
+    async def ensure_ready(self, server: ManagedServer, within: float | None = None) -> None:
+        """Until ready, waiting at most `within` seconds (default: the queue timeout)."""
+        deadline = time.monotonic() + (self.settings.queue_timeout if within is None else within)
         while server.state != "ready":
             await self._make_ready(server, deadline)
 
@@ -439,8 +440,12 @@ class ServerManager:
         return server.task
 
     async def start(self, server: ManagedServer) -> None:
-        """Start (or join a start) and wait until ready; errors carry the log tail."""
-        await self.ensure_ready(server)
+        """Start (or join a start) and wait until ready; errors carry the log tail.
+
+        An explicit start waits for the whole load (up to the start timeout), not just the
+        queue timeout a request gets: whoever asked wants to know how it ended.
+        """
+        await self.ensure_ready(server, within=self.settings.start_timeout)
 
     async def stop(self, server: ManagedServer, reason: str = "requested") -> None:
         while server.state in ("starting", "ready", "stopping"):
@@ -452,7 +457,7 @@ class ServerManager:
 
     async def restart(self, server: ManagedServer) -> None:
         await self.stop(server, reason="restart")
-        await self.ensure_ready(server)
+        await self.start(server)
 
     async def _run_start(self, server: ManagedServer) -> None:
         profile = server.profile
