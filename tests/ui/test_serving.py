@@ -153,6 +153,14 @@ async def test_profiles_chat_and_servers(ui: Ui, tmp_path: Path) -> None:
     await expect(stub_row).to_contain_text("ready")
     await expect(stub_row).to_contain_text("pinned")
     await expect(servers.get_by_role("row", name="thinker")).to_contain_text("ready")
+    # The table refreshes itself every 2 s without taking the keyboard focus away.
+    log_button = servers.get_by_role("button", name="Show the log of thinker")
+    await log_button.focus()
+    async with page.expect_response(lambda r: r.url.endswith("/api/servers")):
+        pass
+    async with page.expect_response(lambda r: r.url.endswith("/api/servers")):
+        pass
+    await expect(log_button).to_be_focused()
 
     # In flight: a slow request from another client shows up, and goes.
     slow = asyncio.create_task(
@@ -194,3 +202,15 @@ async def test_profiles_chat_and_servers(ui: Ui, tmp_path: Path) -> None:
     await expect(stub_row.get_by_role("button", name="Stop stub")).to_be_disabled()
     states = {s["name"]: s["state"] for s in (await ui.api("GET", "/api/servers")).json()}
     assert states == {"stub": "stopped", "thinker": "ready"}
+    await stub_row.get_by_role("button", name="Start stub", exact=True).click()
+    await expect(stub_row.locator("td").first).to_have_text("ready")
+
+    # Deleting a profile whose server runs stops that server (the dialog says so).
+    await ui.go("Profiles")
+    await profiles.get_by_role("button", name="Delete thinker").click()
+    confirm = page.get_by_role("dialog")
+    await expect(confirm).to_contain_text("Its server will be stopped.")
+    await confirm.get_by_role("button", name="Delete").click()
+    await expect(profiles.get_by_role("row", name="thinker")).to_have_count(0)
+    states = {s["name"]: s["state"] for s in (await ui.api("GET", "/api/servers")).json()}
+    assert states == {"stub": "ready"}

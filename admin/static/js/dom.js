@@ -182,7 +182,13 @@ export function syncRows(tbody, items, key, create, update) {
       row = create(item);
       row.dataset.key = k;
     }
+    // A refresh may rebuild a row's controls: keep keyboard focus on the same control.
+    const focused = row.contains(document.activeElement) ? document.activeElement : null;
+    const label = focused?.getAttribute("aria-label");
     update(row, item);
+    if (focused && !row.contains(focused) && label) {
+      [...row.querySelectorAll("[aria-label]")].find((el) => el.getAttribute("aria-label") === label)?.focus();
+    }
     const expected = previous ? previous.nextElementSibling : tbody.firstElementChild;
     if (expected !== row) {
       if (previous) previous.after(row);
@@ -209,14 +215,27 @@ export async function busy(button, work, busyLabel) {
   }
 }
 
-/** A table with a caption and header cells; returns {table, tbody}. */
+/** A table with a caption and header cells; returns {table, tbody, caption}. */
 export function table(caption, headers, extraClass = "") {
   const tbody = h("tbody");
   const tableEl = h(
     "table",
     { class: `data ${extraClass}` },
     h("caption", {}, caption),
-    h("thead", {}, h("tr", {}, headers.map((name) => h("th", { scope: "col" }, name)))),
+    h(
+      "thead",
+      {},
+      h(
+        "tr",
+        {},
+        headers.map((name) =>
+          // "#Requests" marks a numeric column: its header aligns right, like its cells.
+          name.startsWith("#")
+            ? h("th", { scope: "col", class: "num" }, name.slice(1))
+            : h("th", { scope: "col" }, name),
+        ),
+      ),
+    ),
     tbody,
   );
   return { table: h("div", { class: "table-wrap" }, tableEl), tbody, caption: tableEl.caption };

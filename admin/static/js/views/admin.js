@@ -222,7 +222,7 @@ export function render(root, ctx) {
   const period = h("select", { name: "period" }, PERIODS.map(([v, label]) => h("option", { value: v }, label)));
   period.value = "7";
   const usageStatus = h("div", { class: "status-slot" });
-  const usageHeaders = ["Requests", "Prompt tokens", "Completion tokens", "Total tokens", "Avg latency", "Errors"];
+  const usageHeaders = ["#Requests", "#Prompt tokens", "#Completion tokens", "#Total tokens", "#Avg latency", "#Errors"];
   const byUser = table("By user", ["User", ...usageHeaders]);
   const byModel = table("By model", ["Model", ...usageHeaders]);
   period.addEventListener("change", loadUsage);

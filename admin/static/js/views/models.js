@@ -46,7 +46,7 @@ export function render(root, ctx) {
   const maxSize = h("input", { type: "number", name: "max_size_gb", min: "0.1", step: "0.1", inputmode: "decimal" });
   const searchButton = h("button", { type: "submit", class: "primary" }, "Search");
   const searchStatus = h("div", { class: "status-slot" });
-  const results = table("Search results", ["Model", "Size", "Downloads", "Likes", "Updated", ""]);
+  const results = table("Search results", ["Model", "#Size", "#Downloads", "#Likes", "Updated", ""]);
   results.table.hidden = true;
   const searchForm = h(
     "form",
@@ -245,11 +245,11 @@ export function render(root, ctx) {
   // ---- local cache ----------------------------------------------------------------------
   const local = table("Models on this machine", [
     "Model",
-    "Size",
+    "#Size",
     "Kind",
     "Architecture",
     "Quantization",
-    "Context",
+    "#Context",
     "Chat template",
     "",
   ]);
@@ -369,6 +369,8 @@ export function render(root, ctx) {
         if (event.event === "download") upsertDownload(JSON.parse(event.data));
       },
       onState: (state) => {
+        // Events only cover what runs now: after a reconnect, catch up on what ended meanwhile.
+        if (state === "open" && liveState.dataset.state === "retrying") loadDownloads();
         liveState.textContent = state === "open" ? "live" : state === "retrying" ? "reconnecting…" : "";
         liveState.dataset.state = state;
       },

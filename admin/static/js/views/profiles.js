@@ -92,6 +92,10 @@ export function render(root, ctx) {
   }
 
   function updateRow(row, profile) {
+    const server = needs.get(profile.id);
+    const signature = JSON.stringify([profile, server?.need_bytes, memory?.cap_bytes]);
+    if (row.dataset.signature === signature) return; // unchanged: leave focus and controls be
+    row.dataset.signature = signature;
     const [name, model, type, mem, state, pinned, actions] = row.children;
     clear(
       name,
@@ -104,7 +108,7 @@ export function render(root, ctx) {
       profile.command ? h("div", { class: "muted small-text mono" }, `command: ${profile.command.slice(0, 2).map(shortArg).join(" ")}…`) : null,
     );
     type.textContent = profile.model_type;
-    const server = needs.get(profile.id);
+    type.className = "mono";
     const need = profile.memory_gb ? profile.memory_gb * 1024 ** 3 : server?.need_bytes || 0;
     const cap = memory?.cap_bytes || 0;
     clear(

@@ -28,9 +28,9 @@ export function render(root, ctx) {
   const list = table("Model servers", [
     "Server",
     "State",
-    "Memory",
-    "CPU",
-    "In flight",
+    "#Memory",
+    "#CPU",
+    "#In flight",
     "Last used",
     "Started",
     "PID / port",
