@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 BACKEND_VENV ?= .venv-backend
 export BACKEND_VENV
 
-.PHONY: run test lint format install install-test backend bench docs clean help
+.PHONY: run test lint format install install-test backend browser bench docs clean help
 .DEFAULT_GOAL := help
 
 help:
@@ -39,10 +39,13 @@ install-test: $(VENV)/.installed-test
 backend:
 	@bash scripts/install-backend.sh
 
+browser: install-test
+	@bash scripts/install-browser.sh
+
 run: install backend
 	$(BIN)/mlx-manager serve
 
-test: install-test backend
+test: install-test backend browser
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 docs: $(VENV)/.installed-docs

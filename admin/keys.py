@@ -14,7 +14,7 @@ from gateway.auth import authenticator_of, require_user
 from gateway.core import gateway_of
 from gateway.errors import Forbidden, NotFound
 from gateway.http import read_model
-from gateway.models import ApiKey, utcnow
+from gateway.models import ApiKey, User, utcnow
 from gateway.tokens import api_key_display_prefix, hash_api_key, new_api_key
 
 
@@ -43,12 +43,13 @@ async def create_key(request: Request) -> Response:
 async def list_keys(request: Request) -> Response:
     """Your own keys; an admin sees everyone's (`?all=true` is implied for admins)."""
     principal = await require_user(request)
-    query = select(ApiKey).order_by(ApiKey.id)  # type: ignore[arg-type]
+    await gateway_of(request).usage.flush()  # so last_used_at includes the latest requests
+    query = select(ApiKey, User).join(User).order_by(ApiKey.id)  # type: ignore[arg-type]
     if not principal.is_admin:
         query = query.where(ApiKey.user_id == principal.user_id)
     async with gateway_of(request).sessions() as session:
-        keys = (await session.exec(query)).all()
-    return JSONResponse([public_key(k) for k in keys])
+        rows = (await session.exec(query)).all()
+    return JSONResponse([{**public_key(key), "user_email": user.email} for key, user in rows])
 
 
 async def delete_key(request: Request) -> Response:

@@ -10,12 +10,14 @@ import asyncio
 from typing import Annotated, Any, Literal
 
 from pydantic import Field, field_validator
+from sqlalchemy.exc import IntegrityError
+from sqlmodel.ext.asyncio.session import AsyncSession
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from admin.schemas import Strict
-from gateway.auth import require_admin, require_user
+from gateway.auth import Principal, require_admin, require_user
 from gateway.core import Gateway, gateway_of
 from gateway.errors import Conflict, NotFound, Unprocessable
 from gateway.http import read_model
@@ -68,8 +70,17 @@ class ProfileUpdate(ProfileFields):
     model_type: ModelType | None = None  # type: ignore[assignment]
 
 
-def public_profile(profile: ServerProfile, state: str | None = None) -> dict[str, Any]:
+def public_profile(
+    profile: ServerProfile,
+    state: str | None = None,
+    need_bytes: int | None = None,
+    *,
+    reveal: bool = False,
+) -> dict[str, Any]:
     data = profile.model_dump(mode="json")
+    if not reveal:
+        data["env"] = dict.fromkeys(data["env"], "***")
+    data["need_bytes"] = need_bytes
     data["created_at"] = iso_utc(profile.created_at)
     data["updated_at"] = iso_utc(profile.updated_at)
     data["state"] = state
@@ -82,24 +93,36 @@ async def create_profile(request: Request) -> Response:
     body = await read_model(request, ProfileCreate)
     profile = ServerProfile(**body.model_dump(exclude_none=False, exclude={"model_path"}))
     profile.model_path = body.model_path or ""
-    await _validate(gateway, profile)
-    async with gateway.sessions() as session:
-        session.add(profile)
-        await session.commit()
-    server = await gateway.servers.add_profile(profile)
-    return JSONResponse(public_profile(profile, server.state), status_code=201)
+    async with gateway.servers.profile_writes:  # check-then-insert must not interleave
+        await _validate(gateway, profile)
+        async with gateway.sessions() as session:
+            session.add(profile)
+            await _commit(session, profile)
+        server = await gateway.servers.add_profile(profile)
+    return JSONResponse(
+        public_profile(profile, server.state, server.need_bytes, reveal=True), status_code=201
+    )
 
 
 async def list_profiles(request: Request) -> Response:
-    await require_user(request)
+    reveal = _may_see_env(await require_user(request))
     servers = gateway_of(request).servers
-    return JSONResponse([public_profile(s.profile, s.state) for s in servers.servers()])
+    return JSONResponse(
+        [public_profile(s.profile, s.state, s.need_bytes, reveal=reveal) for s in servers.servers()]
+    )
 
 
 async def get_profile(request: Request) -> Response:
-    await require_user(request)
+    reveal = _may_see_env(await require_user(request))
     server = _server(request)
-    return JSONResponse(public_profile(server.profile, server.state))
+    return JSONResponse(
+        public_profile(server.profile, server.state, server.need_bytes, reveal=reveal)
+    )
+
+
+def _may_see_env(principal: Principal) -> bool:
+    """A profile's env often holds tokens: only an admin signed in with a password sees it."""
+    return principal.is_admin and principal.key_id is None
 
 
 async def update_profile(request: Request) -> Response:
@@ -107,36 +130,48 @@ async def update_profile(request: Request) -> Response:
     gateway = gateway_of(request)
     server = _server(request)
     body = await read_model(request, ProfileUpdate)
-    async with gateway.sessions() as session:
-        profile = await session.get(ServerProfile, server.profile_id)
-        if profile is None:
-            raise NotFound("no profile with this id", code="profile_not_found")
-        for key in body.model_fields_set:
-            value = getattr(body, key)
-            if key == "model_path" and value is None:
-                value = ""
-            if key == "model_type" and value is None:
-                continue
-            setattr(profile, key, value)
-        profile.updated_at = utcnow()
-        await _validate(gateway, profile)
-        session.add(profile)
-        await session.commit()
-    await gateway.servers.update_profile(profile)
-    return JSONResponse(public_profile(profile, server.state))
+    # Held through the restart too: a second edit must not be overtaken by the first.
+    async with gateway.servers.profile_writes:
+        async with gateway.sessions() as session:
+            profile = await session.get(ServerProfile, server.profile_id)
+            if profile is None:
+                raise NotFound("no profile with this id", code="profile_not_found")
+            for key in body.model_fields_set:
+                value = getattr(body, key)
+                if key == "model_path" and value is None:
+                    value = ""
+                if key == "model_type" and value is None:
+                    continue
+                setattr(profile, key, value)
+            profile.updated_at = utcnow()
+            await _validate(gateway, profile)
+            session.add(profile)
+            await _commit(session, profile)
+        await gateway.servers.update_profile(profile)
+    return JSONResponse(public_profile(profile, server.state, server.need_bytes, reveal=True))
 
 
 async def delete_profile(request: Request) -> Response:
     await require_admin(request)
     gateway = gateway_of(request)
     server = _server(request)
-    await gateway.servers.remove_profile(server.profile_id)
-    async with gateway.sessions() as session:
-        profile = await session.get(ServerProfile, server.profile_id)
-        if profile is not None:
-            await session.delete(profile)
-            await session.commit()
+    async with gateway.servers.profile_writes:
+        await gateway.servers.remove_profile(server.profile_id)
+        async with gateway.sessions() as session:
+            profile = await session.get(ServerProfile, server.profile_id)
+            if profile is not None:
+                await session.delete(profile)
+                await session.commit()
     return Response(status_code=204)
+
+
+async def _commit(session: AsyncSession, profile: ServerProfile) -> None:
+    try:
+        await session.commit()
+    except IntegrityError as exc:
+        await session.rollback()
+        message = f"the name {profile.name!r} is already used by another profile"
+        raise Conflict(message, code="name_taken") from exc
 
 
 def _server(request: Request) -> ManagedServer:

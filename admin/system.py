@@ -66,6 +66,7 @@ async def info(request: Request) -> Response:
             "settings": {
                 "home": str(gateway.settings.home),
                 "offline_mode": gateway.settings.offline_mode,
+                "hf_organization": gateway.settings.hf_organization,
                 "idle_ttl": gateway.settings.idle_ttl,
                 "queue_timeout": gateway.settings.queue_timeout,
                 "max_memory_percent": gateway.settings.max_memory_percent,

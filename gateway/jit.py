@@ -22,15 +22,13 @@ from gateway.models import ServerProfile
 from gateway.servers import ManagedServer
 
 log = logging.getLogger("mlx_manager.jit")
-_locks: dict[int, asyncio.Lock] = {}
 
 
 async def profile_on_demand(gateway: Gateway, model: str) -> ManagedServer | None:
     """The server for `model`, creating its profile from the cache; None when not cached."""
     if not gateway.settings.auto_profiles or "/" not in model:
         return None
-    lock = _locks.setdefault(id(gateway), asyncio.Lock())
-    async with lock:  # two first requests for one model make one profile
+    async with gateway.servers.profile_writes:  # two first requests make one profile
         existing = gateway.servers.resolve(model)
         if existing is not None:
             return existing
@@ -44,7 +42,11 @@ async def profile_on_demand(gateway: Gateway, model: str) -> ManagedServer | Non
         )
         if cached is None:
             return None
-        profile = ServerProfile(**cached.profile_fields(model))
+        # One profile per model, named as the cache spells it, however a client capitalises.
+        existing = gateway.servers.resolve(cached.repo_id)
+        if existing is not None:
+            return existing
+        profile = ServerProfile(**cached.profile_fields(cached.repo_id))
         async with gateway.sessions() as session:
             session.add(profile)
             await session.commit()

@@ -21,6 +21,10 @@ from gateway.settings import Settings
 BACKEND_NAME = "mlx-openai-server"
 MODEL_TYPES = ("lm", "multimodal", "embeddings", "whisper", "image-generation", "image-edit")
 PLACEHOLDERS = ("port", "host", "model_path", "name")
+# Flags whose value the gateway must control: a later repeat in extra_args would win.
+GATEWAY_OWNED_FLAGS = frozenset(
+    {"--host", "--port", "--model-path", "--served-model-name", "--model-type", "--config"}
+)
 _FLAG = re.compile(r"(?<![\w-])(--[a-z][a-z0-9-]*)")
 _CHOICES = re.compile(r"(--[a-z][a-z0-9-]*)\s+\[([^\]]+)\]")
 _VERSION = re.compile(r"[Vv]ersion:?\s*v?(\d+(?:\.\d+)+\S*)")
@@ -182,7 +186,15 @@ def build_command(
         # Its default is a fresh /tmp folder per process that a killed server leaves behind.
         add("--prompt-cache-dir", prompt_cache_dir)
     for arg in profile.extra_args:
+        flag = arg.split("=", 1)[0]
+        if flag in GATEWAY_OWNED_FLAGS:
+            raise Unprocessable(
+                f"{flag} is set by the gateway (servers listen on 127.0.0.1 on a port it "
+                "chooses); use the profile's own fields instead of extra_args",
+                param="extra_args",
+                code="reserved_option",
+            )
         if arg.startswith("--"):
-            backend.require(arg.split("=", 1)[0])
+            backend.require(flag)
     argv.extend(profile.extra_args)
     return argv

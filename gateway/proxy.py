@@ -16,7 +16,8 @@ import contextlib
 import json
 import logging
 import time
-from typing import Any
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 import aiohttp
 from starlette.datastructures import Headers
@@ -77,6 +78,10 @@ _KEEP_RESPONSE = frozenset({"content-type", "content-encoding", "cache-control",
 _STREAM_HEADERS = [(b"cache-control", b"no-cache"), (b"x-accel-buffering", b"no")]
 
 
+INLINE_BODY_BYTES = 256 * 1024
+T = TypeVar("T")
+
+
 class ModelNotFound(NotFound):
     code = "model_not_found"
 
@@ -129,7 +134,10 @@ class ProxyEndpoint:
             model, body = await _route_fields(scope, content_type, body)
             tap.model = model
             server = await _resolve_or_create(gateway, principal, model)
-            body = _rewrite_alias(content_type, body, model, server.name)
+            if model != server.name:
+                body = await _off_loop_if_large(
+                    body, _rewrite_alias, content_type, body, model, server.name
+                )
         except GatewayError as exc:
             await error_response(exc, openai_shape=True)(scope, receive, send)
             return
@@ -203,13 +211,21 @@ async def _route_fields(scope: Scope, content_type: str, body: bytes) -> tuple[s
     if content_type.startswith("multipart/form-data"):
         model = await _form_model(scope, body)
     else:
-        data = parse_json(body)
+        data = await _off_loop_if_large(body, parse_json, body)
         if not isinstance(data, dict):
             raise BadRequest("request body must be a JSON object")
         model = data.get("model")
     if not isinstance(model, str) or not model:
         raise BadRequest("you must provide a model parameter", param="model", code="missing_model")
     return model, body
+
+
+async def _off_loop_if_large(body: bytes, func: Callable[..., T], *args: Any) -> T:
+    """Small bodies (almost all) inline; a long context or a big upload in a thread, so one
+    request never stalls every other stream for the seconds its JSON takes."""
+    if len(body) <= INLINE_BODY_BYTES:
+        return func(*args)
+    return await asyncio.to_thread(func, *args)
 
 
 async def _form_model(scope: Scope, body: bytes) -> Any:
@@ -235,7 +251,9 @@ async def _form_model(scope: Scope, body: bytes) -> Any:
 async def _resolve_or_create(gateway: Gateway, principal: Principal, model: str) -> ManagedServer:
     """Like `_resolve`, but a cached MLX model without a profile gets one (JIT profiles)."""
     if gateway.servers.resolve(model) is None and principal.may_use(model):
-        await profile_on_demand(gateway, model)
+        server = await profile_on_demand(gateway, model)
+        if server is not None:
+            return server
     return _resolve(gateway, principal, model)
 
 

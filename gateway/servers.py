@@ -211,6 +211,8 @@ class ServerManager:
         self.cap_bytes = cap_bytes(settings, total_memory)
         self.events = ServerEvents()
         self._closing = False
+        # Held by whoever writes profiles (the API, JIT), across check, commit and restart.
+        self.profile_writes = asyncio.Lock()
 
     # ---- profiles ---------------------------------------------------------------------------
 
@@ -372,6 +374,8 @@ class ServerManager:
             # nor cancels the task when this caller is cancelled (or gives up).
             remaining = deadline - time.monotonic()
             await asyncio.wait({task}, timeout=max(remaining, 0))
+            if task.done() and server.task is task and server.state in ("starting", "stopping"):
+                raise StartFailed(server.last_error or f"{server.name}: the start did not finish")
             if not task.done():
                 raise QueueTimeout(
                     f"model {server.name!r} is still {server.state}; it keeps going in the "
@@ -426,6 +430,9 @@ class ServerManager:
     def _begin_start(self, server: ManagedServer) -> asyncio.Task[None]:
         server.state = "starting"
         server.last_error = None
+        # The previous process is gone: a stop racing this start must never signal its pid.
+        server.process = None
+        server.port = None
         server.task = asyncio.create_task(self._run_start(server), name=f"start {server.name}")
         server.task.add_done_callback(_consume_exception)
         return server.task
@@ -460,6 +467,15 @@ class ServerManager:
         await self.start(server)
 
     async def _run_start(self, server: ManagedServer) -> None:
+        try:
+            await self._start_process(server)
+        except BaseException:
+            if server.state == "starting" and server.task is asyncio.current_task():
+                server.state = "failed"
+                self._changed.notify()
+            raise
+
+    async def _start_process(self, server: ManagedServer) -> None:
         profile = server.profile
         path = log_path(self.settings.logs_dir, profile.name)
         process: ServerProcess | None = None
@@ -486,7 +502,8 @@ class ServerManager:
             log.warning("start of %s failed: %s", profile.name, message.splitlines()[0])
             self._changed.notify()
             raise StartFailed(server.last_error) from exc
-        mark(path, f"ready on port {spec.port} after {seconds:.1f} s")
+        with contextlib.suppress(OSError):
+            mark(path, f"ready on port {spec.port} after {seconds:.1f} s")
         log.info("%s ready on port %s after %.1f s", profile.name, spec.port, seconds)
         self.events.starts += 1
         server.state = "ready"
@@ -508,9 +525,12 @@ class ServerManager:
                 "Hugging Face cache; download it first (POST /api/downloads)"
             )
         backend: BackendInfo | None = None if profile.command else await self._probe.info()
-        port = self._choose_port(profile)
         cache_dir = self._prompt_cache_dir(server)
         await asyncio.to_thread(_reset_folder, cache_dir)
+        # No await between choosing the port and recording it: two starts at once must not
+        # pick the same one (the second would see the first's /health and think it ready).
+        port = self._choose_port(profile)
+        server.port = port
         argv = build_command(
             profile,
             port=port,
@@ -640,7 +660,10 @@ class ServerManager:
     async def _health_loop(self) -> None:
         while True:
             await asyncio.sleep(self.settings.health_check_interval)
-            await self.check_health()
+            try:
+                await self.check_health()
+            except Exception:
+                log.exception("health check round failed; trying again next interval")
 
     async def check_health(self) -> None:
         """Probe each ready server; restart one that failed `health_check_failures` in a row."""
@@ -656,12 +679,13 @@ class ServerManager:
                 healthy = False
             server.health_latency_ms = round((time.monotonic() - started) * 1000, 1)
             await self.measure(server)
-            await asyncio.to_thread(
-                rotate_if_large,
-                process.spec.log_path,
-                self.settings.log_max_bytes,
-                self.settings.log_backups,
-            )
+            with contextlib.suppress(OSError):
+                await asyncio.to_thread(
+                    rotate_if_large,
+                    process.spec.log_path,
+                    self.settings.log_max_bytes,
+                    self.settings.log_backups,
+                )
             if healthy:
                 server.health_failures = 0
                 continue

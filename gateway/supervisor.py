@@ -130,6 +130,8 @@ class ServerProcess:
         """SIGTERM the group, wait up to `grace` seconds without blocking, then SIGKILL it."""
         if self._proc is None:
             return None
+        if self._proc.returncode is not None:
+            return self._proc.returncode  # long gone: its pid may belong to someone else now
         if self._proc.returncode is None:
             signal_group(self._proc.pid, signal.SIGTERM)
             try:

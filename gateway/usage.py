@@ -60,6 +60,9 @@ class UsageRecorder:
         self._sessions = sessions
         self._buffer: list[dict[str, Any]] = []
         self._task: asyncio.Task[None] | None = None
+        # One flush at a time: a report that flushes must not read before an earlier,
+        # concurrent flush has committed the rows it took from the buffer.
+        self._flush_lock = asyncio.Lock()
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name="usage-writer")
@@ -87,6 +90,10 @@ class UsageRecorder:
                 log.exception("could not write usage records; will retry")
 
     async def flush(self) -> None:
+        async with self._flush_lock:
+            await self._flush()
+
+    async def _flush(self) -> None:
         if not self._buffer:
             return
         batch, self._buffer = self._buffer, []
@@ -102,6 +109,6 @@ class UsageRecorder:
                         .values(last_used_at=datetime.now(UTC))
                     )
                 await session.commit()
-        except Exception:
+        except BaseException:  # cancelled at shutdown too: close() flushes again
             self._buffer[:0] = batch
             raise

@@ -30,6 +30,12 @@ def make_settings(home: Path, **overrides: object) -> Settings:
 
 
 SESSION_LOG = "gateway-session.log"
+LAST = "test_zz_secret_scan.py"
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """The secret scan reads every log the session wrote, so it runs after everything else."""
+    items.sort(key=lambda item: item.path.name == LAST)
 
 
 @pytest.fixture(scope="session", autouse=True)

