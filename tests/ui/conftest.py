@@ -99,7 +99,7 @@ async def browser() -> AsyncIterator[Browser]:
             try:
                 launched = await playwright.chromium.launch(args=CHROMIUM_ARGS)
             except Error as exc:
-                pytest.skip(f"no Chromium ({exc}); run .venv/bin/playwright install chromium")
+                pytest.fail(f"no Chromium ({exc}); run .venv/bin/playwright install chromium")
         try:
             yield launched
         finally:
