@@ -17,6 +17,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from admin.schemas import Strict
+from admin.servers import server_of
 from gateway.auth import Principal, require_admin, require_user
 from gateway.core import Gateway, gateway_of
 from gateway.errors import Conflict, NotFound, Unprocessable
@@ -24,7 +25,6 @@ from gateway.http import read_model
 from gateway.launch import BackendUnavailable, build_command
 from gateway.model_paths import resolve_model_folder
 from gateway.models import ServerProfile, iso_utc, utcnow
-from gateway.servers import ManagedServer
 
 ModelType = Literal["lm", "multimodal", "embeddings", "whisper", "image-generation", "image-edit"]
 Name = Annotated[str, Field(min_length=1, max_length=200, pattern=r"^[A-Za-z0-9][\w.:/@+-]*$")]
@@ -114,7 +114,7 @@ async def list_profiles(request: Request) -> Response:
 
 async def get_profile(request: Request) -> Response:
     reveal = _may_see_env(await require_user(request))
-    server = _server(request)
+    server = server_of(request)
     return JSONResponse(
         public_profile(server.profile, server.state, server.need_bytes, reveal=reveal)
     )
@@ -128,7 +128,7 @@ def _may_see_env(principal: Principal) -> bool:
 async def update_profile(request: Request) -> Response:
     await require_admin(request)
     gateway = gateway_of(request)
-    server = _server(request)
+    server = server_of(request)
     body = await read_model(request, ProfileUpdate)
     # Held through the restart too: a second edit must not be overtaken by the first.
     async with gateway.servers.profile_writes:
@@ -154,7 +154,7 @@ async def update_profile(request: Request) -> Response:
 async def delete_profile(request: Request) -> Response:
     await require_admin(request)
     gateway = gateway_of(request)
-    server = _server(request)
+    server = server_of(request)
     async with gateway.servers.profile_writes:
         await gateway.servers.remove_profile(server.profile_id)
         async with gateway.sessions() as session:
@@ -172,13 +172,6 @@ async def _commit(session: AsyncSession, profile: ServerProfile) -> None:
         await session.rollback()
         message = f"the name {profile.name!r} is already used by another profile"
         raise Conflict(message, code="name_taken") from exc
-
-
-def _server(request: Request) -> ManagedServer:
-    server = gateway_of(request).servers.get(request.path_params["profile_id"])
-    if server is None:
-        raise NotFound("no profile with this id", code="profile_not_found")
-    return server
 
 
 async def _validate(gateway: Gateway, profile: ServerProfile) -> None:

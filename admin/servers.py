@@ -32,7 +32,7 @@ async def list_servers(request: Request) -> Response:
 
 async def get_server(request: Request) -> Response:
     await require_user(request)
-    server = _server(request)
+    server = server_of(request)
     await gateway_of(request).servers.measure(server)
     return JSONResponse(server.snapshot())
 
@@ -41,7 +41,7 @@ async def start_server(request: Request) -> Response:
     """Waits until ready; a failure answers 503 with the server's log tail."""
     await require_admin(request)
     manager = gateway_of(request).servers
-    server = _server(request)
+    server = server_of(request)
     await manager.start(server)
     await manager.measure(server)
     return JSONResponse(server.snapshot())
@@ -49,7 +49,7 @@ async def start_server(request: Request) -> Response:
 
 async def stop_server(request: Request) -> Response:
     await require_admin(request)
-    server = _server(request)
+    server = server_of(request)
     await gateway_of(request).servers.stop(server, reason="stopped by an admin")
     return JSONResponse(server.snapshot())
 
@@ -57,7 +57,7 @@ async def stop_server(request: Request) -> Response:
 async def restart_server(request: Request) -> Response:
     await require_admin(request)
     manager = gateway_of(request).servers
-    server = _server(request)
+    server = server_of(request)
     await manager.restart(server)
     await manager.measure(server)
     return JSONResponse(server.snapshot())
@@ -67,7 +67,7 @@ async def server_logs(request: Request) -> Response:
     """The log tail as JSON, or followed live over SSE with `Accept: text/event-stream`."""
     await require_user(request)
     manager = gateway_of(request).servers
-    server = _server(request)
+    server = server_of(request)
     try:
         lines = max(0, min(MAX_TAIL, int(request.query_params.get("tail", "200"))))
     except ValueError:
@@ -122,7 +122,8 @@ def _read(path: Path, start: int, end: int) -> bytes:
         return handle.read(end - start)
 
 
-def _server(request: Request) -> ManagedServer:
+def server_of(request: Request) -> ManagedServer:
+    """The managed server of the `{profile_id}` in the path (profiles and servers share ids)."""
     server = gateway_of(request).servers.get(request.path_params["profile_id"])
     if server is None:
         raise NotFound("no profile with this id", code="profile_not_found")

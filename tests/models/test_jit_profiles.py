@@ -10,8 +10,9 @@ from pathlib import Path
 
 import httpx
 import openai
+import pytest
 
-from tests.conftest import bearer, make_settings
+from tests.conftest import bearer, make_settings, register_and_login
 from tests.support.backend import require_backend
 from tests.support.gateway import running_gateway
 from tests.support.hub_emulator import running_emulator
@@ -34,7 +35,9 @@ def pull(env: dict[str, str], repo: str) -> subprocess.CompletedProcess[str]:
     )
 
 
-async def test_a_pulled_model_is_served_by_a_jit_profile(tmp_path: Path) -> None:
+@pytest.fixture
+def cache(tmp_path: Path) -> Path:
+    """An HF cache holding REPO (the real tiny model), pulled by the CLI from the emulator."""
     cache = tmp_path / "hf-cache"
     root = tmp_path / "hub"
     publish_folder(root, REPO, build_tiny_model(tmp_path / "tiny"))
@@ -43,7 +46,10 @@ async def test_a_pulled_model_is_served_by_a_jit_profile(tmp_path: Path) -> None
     with running_emulator(root, tmp_path / "requests.jsonl") as hub:
         pulled = pull({**env, "HF_ENDPOINT": hub.url}, REPO)
     assert pulled.returncode == 0, pulled.stderr
+    return cache
 
+
+async def test_a_pulled_model_is_served_by_a_jit_profile(tmp_path: Path, cache: Path) -> None:
     settings = make_settings(
         tmp_path / "home", hf_cache_path=cache, backend_bin=require_backend(), start_timeout=180
     )
@@ -51,9 +57,7 @@ async def test_a_pulled_model_is_served_by_a_jit_profile(tmp_path: Path) -> None
         running_gateway(settings) as gateway,
         httpx.AsyncClient(base_url=gateway.url, timeout=180) as http,
     ):
-        creds = {"email": "admin@example.com", "password": "admin-password"}
-        await http.post("/api/auth/register", json=creds)
-        token = (await http.post("/api/auth/login", json=creds)).json()["access_token"]
+        token = await register_and_login(http, "admin@example.com", "admin-password")
         local = await http.get("/api/models/local", headers=bearer(token))
         assert REPO in [m["id"] for m in local.json()]
         assert (await http.get("/api/profiles", headers=bearer(token))).json() == []
@@ -88,22 +92,13 @@ async def test_a_pulled_model_is_served_by_a_jit_profile(tmp_path: Path) -> None
         assert missing.json()["error"]["code"] == "model_not_found"
 
 
-async def test_jit_profiles_can_be_turned_off(tmp_path: Path) -> None:
-    cache = tmp_path / "hf-cache"
-    root = tmp_path / "hub"
-    publish_folder(root, REPO, build_tiny_model(tmp_path / "tiny"))
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("MLX_MANAGER_", "HF_"))}
-    env.update(MLX_MANAGER_HOME=str(tmp_path / "cli-home"), MLX_MANAGER_HF_CACHE_PATH=str(cache))
-    with running_emulator(root, tmp_path / "requests.jsonl") as hub:
-        assert pull({**env, "HF_ENDPOINT": hub.url}, REPO).returncode == 0
+async def test_jit_profiles_can_be_turned_off(tmp_path: Path, cache: Path) -> None:
     settings = make_settings(tmp_path / "home", hf_cache_path=cache, auto_profiles=False)
     async with (
         running_gateway(settings) as gateway,
         httpx.AsyncClient(base_url=gateway.url, timeout=30) as http,
     ):
-        creds = {"email": "admin@example.com", "password": "admin-password"}
-        await http.post("/api/auth/register", json=creds)
-        token = (await http.post("/api/auth/login", json=creds)).json()["access_token"]
+        token = await register_and_login(http, "admin@example.com", "admin-password")
         response = await http.post(
             "/v1/chat/completions",
             json={"model": REPO, "messages": [{"role": "user", "content": "hi"}]},

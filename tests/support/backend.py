@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
-import time
-from collections.abc import Callable
 from pathlib import Path
 
 from gateway.launch import BACKEND_NAME
@@ -24,18 +21,3 @@ def require_backend() -> str:
 
 def tiny_model() -> Path:
     return build_tiny_model(TINY_MODEL_DIR)
-
-
-async def wait_until(
-    predicate: Callable[[], object], timeout: float = 60, interval: float = 0.1
-) -> None:
-    deadline = time.monotonic() + timeout
-    while True:
-        result = predicate()
-        if asyncio.iscoroutine(result):
-            result = await result
-        if result:
-            return
-        if time.monotonic() > deadline:
-            raise AssertionError(f"condition not met within {timeout} s")
-        await asyncio.sleep(interval)
