@@ -107,14 +107,15 @@ async def test_streaming_chat_arrives_in_chunks_with_usage(shared: Deployment) -
         stream=True,
         stream_options={"include_usage": True},
     )
-    pieces = []
+    # Random weights: the words (even whether bytes decode into text) vary from run to run,
+    # so this checks the protocol: several chunks, usage at the end.
+    chunks = 0
     usage = None
     async for chunk in stream:
-        if chunk.choices and chunk.choices[0].delta.content:
-            pieces.append(chunk.choices[0].delta.content)
+        chunks += 1
         if chunk.usage is not None:
             usage = chunk.usage
-    assert len(pieces) > 1
+    assert chunks > 2
     assert usage is not None
     assert usage.completion_tokens > 0
 

@@ -56,8 +56,9 @@ async def test_chat_with_the_real_model_server(ui: Ui) -> None:
     await message.press("Enter")
     answer = page.locator("article.message.assistant").last
     await expect(answer).to_have_attribute("data-state", "done", timeout=LOAD_TIMEOUT_MS)
-    # Random weights: the words may be only whitespace, but they arrived and were shown.
-    assert await answer.locator(".content").text_content()
+    # Random weights: the words vary (they may even be empty); the streamed usage below is
+    # what proves the answer came through the page.
+    assert await answer.locator(".content").count() == 1
     footer = await answer.locator("footer").text_content() or ""
     assert re.search(r"\b([1-9]|1[0-2]) tokens\b", footer), footer  # usage from the stream
 
