@@ -11,10 +11,10 @@ from starlette.routing import Route
 from admin.schemas import Credentials, public_user
 from gateway.accounts import check_password_login, normalize_email, register_user
 from gateway.auth import require_user
-from gateway.core import gateway_of
 from gateway.errors import BadRequest, Forbidden, Unauthorized, Unprocessable
 from gateway.http import ADMIN_BODY_LIMIT, client_address, parse_json, read_body, validate
-from gateway.models import User
+from gateway.runtime import gateway_of
+from gateway.tables import User
 from gateway.tokens import issue_access_token
 
 

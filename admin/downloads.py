@@ -19,11 +19,11 @@ from starlette.routing import Route
 
 from admin.schemas import Strict
 from gateway.auth import require_admin, require_user
-from gateway.core import Gateway, gateway_of
-from gateway.downloads import DownloadManager
 from gateway.errors import ServiceUnavailable
-from gateway.hf_cache import default_cache_dir
 from gateway.http import read_model
+from gateway.hub.cache import default_cache_dir
+from gateway.hub.jobs import DownloadManager
+from gateway.runtime import Gateway, gateway_of
 from gateway.sse import SSE_HEADERS, until_stopping
 
 KEEPALIVE_SECONDS = 15.0
@@ -85,7 +85,7 @@ async def get_download(request: Request) -> Response:
 
 
 async def cancel_download(request: Request) -> Response:
-    """Stop it and remove its unfinished files (see gateway.downloads for why)."""
+    """Stop it and remove its unfinished files (see gateway.hub.jobs for why)."""
     await require_admin(request)
     return JSONResponse(await manager_of(request).cancel(request.path_params["download_id"]))
 

@@ -11,10 +11,10 @@ from starlette.routing import Route
 
 from admin.schemas import KeyCreate, public_key
 from gateway.auth import authenticator_of, require_user
-from gateway.core import gateway_of
 from gateway.errors import Forbidden, NotFound
 from gateway.http import read_model
-from gateway.models import ApiKey, User, utcnow
+from gateway.runtime import gateway_of
+from gateway.tables import ApiKey, User, utcnow
 from gateway.tokens import api_key_display_prefix, hash_api_key, new_api_key
 
 

@@ -18,11 +18,11 @@ from starlette.routing import Route
 
 from admin.downloads import manager_of
 from gateway.auth import require_admin, require_user
-from gateway.core import gateway_of
 from gateway.errors import Conflict, NotFound, Unprocessable
-from gateway.hf_cache import delete_model
 from gateway.http import describe_errors
-from gateway.hub import (
+from gateway.hub.cache import delete_model
+from gateway.hub.catalog import LocalModel
+from gateway.hub.client import (
     GIB,
     MAX_SEARCH_LIMIT,
     OFFLINE_MESSAGE,
@@ -30,8 +30,8 @@ from gateway.hub import (
     call_hub,
     search_models,
 )
-from gateway.local_models import LocalModel
-from gateway.servers import ManagedServer
+from gateway.runtime import gateway_of
+from gateway.serving.manager import ManagedServer
 
 RUNNING_STATES = ("starting", "ready")
 _SORT_ALIASES = {"last_modified": "lastModified", "lastmodified": "lastModified"}

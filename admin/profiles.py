@@ -19,12 +19,12 @@ from starlette.routing import Route
 from admin.schemas import Strict
 from admin.servers import server_of
 from gateway.auth import Principal, require_admin, require_user
-from gateway.core import Gateway, gateway_of
 from gateway.errors import Conflict, NotFound, Unprocessable
 from gateway.http import read_model
-from gateway.launch import BackendUnavailable, build_command
-from gateway.model_paths import resolve_model_folder
-from gateway.models import ServerProfile, iso_utc, utcnow
+from gateway.hub.cache import resolve_model_folder
+from gateway.runtime import Gateway, gateway_of
+from gateway.serving.launch import BackendUnavailable, build_command
+from gateway.tables import ServerProfile, iso_utc, utcnow
 
 ModelType = Literal["lm", "multimodal", "embeddings", "whisper", "image-generation", "image-edit"]
 Name = Annotated[str, Field(min_length=1, max_length=200, pattern=r"^[A-Za-z0-9][\w.:/@+-]*$")]

@@ -10,7 +10,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from gateway.models import ApiKey, User, iso_utc
+from gateway.tables import ApiKey, User, iso_utc
 
 
 class Strict(BaseModel):

@@ -13,10 +13,10 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
 from gateway.auth import require_admin, require_user
-from gateway.core import gateway_of
 from gateway.errors import NotFound
-from gateway.logfiles import tail
-from gateway.servers import ManagedServer
+from gateway.runtime import gateway_of
+from gateway.serving.logfiles import tail
+from gateway.serving.manager import ManagedServer
 from gateway.sse import SSE_HEADERS, until_stopping
 
 FOLLOW_POLL_SECONDS = 0.25

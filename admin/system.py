@@ -10,8 +10,8 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from gateway.auth import require_user
-from gateway.core import gateway_of
-from gateway.launch import find_backend
+from gateway.runtime import gateway_of
+from gateway.serving.launch import find_backend
 from gateway.system_info import backend_versions, host_facts
 
 

@@ -13,9 +13,9 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from gateway.auth import require_user
-from gateway.core import gateway_of
 from gateway.errors import BadRequest
-from gateway.models import ApiKey, Usage, User
+from gateway.runtime import gateway_of
+from gateway.tables import ApiKey, Usage, User
 
 GROUPS = ("user", "model", "key")
 

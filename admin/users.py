@@ -11,10 +11,10 @@ from starlette.routing import Route
 from admin.schemas import PasswordReset, UserPatch, public_user
 from gateway.accounts import delete_user, set_password, update_user
 from gateway.auth import authenticator_of, require_admin
-from gateway.core import gateway_of
 from gateway.errors import NotFound
 from gateway.http import read_model
-from gateway.models import User
+from gateway.runtime import gateway_of
+from gateway.tables import User
 
 
 async def list_users(request: Request) -> Response:

@@ -16,8 +16,8 @@ from sqlmodel import select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
 from gateway.errors import Conflict, Unprocessable
-from gateway.models import Setting, User, utcnow
 from gateway.passwords import check_password_policy, hash_password, verify_password
+from gateway.tables import Setting, User, utcnow
 
 UserStatus = Literal["approved", "pending", "disabled"]
 USER_STATUSES: tuple[UserStatus, ...] = ("approved", "pending", "disabled")

@@ -21,11 +21,11 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from gateway.access_log import AccessLogMiddleware
 from gateway.auth import require_admin
-from gateway.core import Gateway, gateway_of
 from gateway.errors import GatewayError, error_response, openai_error_response
 from gateway.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from gateway.proxy import routes as proxy_routes
 from gateway.request_id import RequestIdMiddleware, request_id_of
+from gateway.runtime import Gateway, gateway_of
 from gateway.settings import Settings
 
 log = logging.getLogger("mlx_manager")

@@ -19,7 +19,7 @@ from sqlmodel.ext.asyncio.session import AsyncSession
 from starlette.requests import HTTPConnection
 
 from gateway.errors import Forbidden, Unauthorized
-from gateway.models import ApiKey, User
+from gateway.tables import ApiKey, User
 from gateway.tokens import InvalidToken, hash_api_key, looks_like_api_key, read_access_token
 
 CACHE_TTL = 1.0

@@ -27,7 +27,7 @@ from starlette.routing import Route
 from starlette.types import Message, Receive, Scope, Send
 
 from gateway.auth import Principal, require_user
-from gateway.core import Gateway
+from gateway.auto_profiles import profile_on_demand
 from gateway.errors import (
     BadGateway,
     BadRequest,
@@ -37,9 +37,9 @@ from gateway.errors import (
     error_response,
 )
 from gateway.http import parse_json, read_body
-from gateway.jit import profile_on_demand
 from gateway.request_id import request_id_of
-from gateway.servers import Lease, ManagedServer
+from gateway.runtime import Gateway
+from gateway.serving.manager import Lease, ManagedServer
 from gateway.upstream_errors import to_openai_error
 from gateway.usage import RequestTap, tokens_in
 

@@ -21,7 +21,7 @@ from sqlalchemy.ext.asyncio import async_sessionmaker
 from sqlmodel import col
 from sqlmodel.ext.asyncio.session import AsyncSession
 
-from gateway.models import ApiKey, Usage
+from gateway.tables import ApiKey, Usage
 
 log = logging.getLogger("mlx_manager.usage")
 TAIL_BYTES = 64 * 1024

@@ -16,8 +16,8 @@ from sqlmodel import select
 
 import gateway.accounts
 from gateway.errors import TooManyRequests
-from gateway.models import User
 from gateway.passwords import verify_password
+from gateway.tables import User
 from gateway.throttle import LoginThrottle
 from tests.conftest import TEST_SECRET, bearer, login, make_settings
 from tests.support.gateway import GatewayHandle, running_gateway

@@ -8,7 +8,7 @@ import httpx
 import pytest
 
 from gateway.errors import Unauthorized
-from gateway.models import ApiKey
+from gateway.tables import ApiKey
 from gateway.tokens import hash_api_key
 from tests.conftest import bearer, login
 from tests.support.gateway import GatewayHandle

@@ -13,7 +13,7 @@ import dataclasses
 import pytest
 
 from gateway.errors import Unprocessable
-from gateway.launch import (
+from gateway.serving.launch import (
     BackendInfo,
     BackendProbe,
     BackendUnavailable,
@@ -22,7 +22,7 @@ from gateway.launch import (
     find_backend,
     parse_help,
 )
-from gateway.models import ServerProfile
+from gateway.tables import ServerProfile
 from tests.conftest import make_settings
 from tests.support.servers import (
     BACKEND_HELP,

@@ -17,7 +17,7 @@ from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import AsyncEngine
 from sqlmodel import SQLModel
 
-import gateway.models  # noqa: F401  (registers the tables on SQLModel.metadata)
+import gateway.tables  # noqa: F401  (registers the tables on SQLModel.metadata)
 from gateway.db import alembic_config, create_engine, downgrade, migrate
 from tests.conftest import bearer, login, make_settings, register_and_login
 from tests.support.gateway import running_gateway

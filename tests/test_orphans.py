@@ -26,8 +26,8 @@ import pytest
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from gateway.db import create_engine, session_factory
-from gateway.models import RunningInstance
-from gateway.supervisor import kill_recorded_process
+from gateway.serving.process import kill_recorded_process
+from gateway.tables import RunningInstance
 from tests.support.servers import (
     ADMIN_EMAIL,
     ADMIN_PASSWORD,

@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 
 from gateway.errors import Unprocessable
-from gateway.launch import build_command, parse_help
-from gateway.models import ServerProfile
+from gateway.serving.launch import build_command, parse_help
+from gateway.tables import ServerProfile
 from tests.conftest import bearer
 from tests.support.servers import approved_user, gateway_env, stub_command
 

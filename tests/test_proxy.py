@@ -19,7 +19,7 @@ import pytest
 import pytest_asyncio
 from sqlmodel import select
 
-from gateway.models import ApiKey
+from gateway.tables import ApiKey
 from tests.support.proxy import (
     ProxyEnv,
     assert_openai_error,

@@ -7,7 +7,7 @@ from typing import get_args
 
 import pytest
 
-from gateway.scheduler import (
+from gateway.serving.policy import (
     Admit,
     Evict,
     NeverFits,

@@ -15,8 +15,8 @@ import httpx
 import pytest
 from sqlmodel import select
 
-from gateway.logfiles import log_path, open_for_child, rotate_if_large, tail
-from gateway.models import RunningInstance
+from gateway.serving.logfiles import log_path, open_for_child, rotate_if_large, tail
+from gateway.tables import RunningInstance
 from tests.support.servers import (
     Env,
     count_events,

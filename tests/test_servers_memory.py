@@ -9,8 +9,8 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-from gateway.logfiles import log_path
-from gateway.servers import MAX_RETRY_AFTER
+from gateway.serving.logfiles import log_path
+from gateway.serving.manager import MAX_RETRY_AFTER
 from tests.support.servers import (
     GIB,
     gateway_env,

@@ -19,7 +19,7 @@ import pytest
 import pytest_asyncio
 from sqlmodel import select
 
-from gateway.models import Usage
+from gateway.tables import Usage
 from tests.support.proxy import (
     Key,
     ProxyEnv,

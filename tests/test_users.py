@@ -6,7 +6,7 @@ import httpx
 import pytest
 from sqlmodel import select
 
-from gateway.models import ApiKey
+from gateway.tables import ApiKey
 from tests.conftest import bearer, login
 from tests.support.gateway import GatewayHandle
 

@@ -14,7 +14,7 @@ import httpx
 import pytest
 from huggingface_hub import scan_cache_dir, snapshot_download
 
-import gateway.downloader
+import gateway.hub.transfer
 from gateway.settings import Settings
 from tests.conftest import bearer, login, register_and_login
 from tests.models.conftest import wait_for_download
@@ -183,7 +183,7 @@ async def test_a_cut_connection_resumes_with_range(
     admin_token: str,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    monkeypatch.setattr(gateway.downloader, "RETRY_BASE_SECONDS", 0.05)
+    monkeypatch.setattr(gateway.hub.transfer, "RETRY_BASE_SECONDS", 0.05)
     hub.configure(drop_after_bytes=1_000_000)  # every file body is cut after 1 MB
     record = (await post_download(client, admin_token, model_id=BIG)).json()
     done = await wait_for_download(client, admin_token, record["id"])
@@ -244,7 +244,7 @@ async def test_not_enough_disk_is_507(
     admin_token: str,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    monkeypatch.setattr(gateway.downloader, "free_bytes", lambda path: 1024)
+    monkeypatch.setattr(gateway.hub.transfer, "free_bytes", lambda path: 1024)
     response = await post_download(client, admin_token, model_id=BIG)
     assert response.status_code == 507
     body = response.json()

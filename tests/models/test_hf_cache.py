@@ -6,7 +6,7 @@ import os
 import time
 from pathlib import Path
 
-from gateway.hf_cache import (
+from gateway.hub.cache import (
     blob_lock,
     clean_stale_partials,
     discard_incomplete_revision,

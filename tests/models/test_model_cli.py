@@ -168,8 +168,8 @@ def test_pulled_tiny_model_is_ready_for_a_jit_profile(
 ) -> None:
     """The real tiny Llama, served by a hub and pulled by the CLI, is what a JIT profile needs:
     found by the (lowercased) name a client sends, described, loadable by its model_path."""
-    from gateway.model_info import profile_for_cached_model
-    from gateway.model_paths import resolve_model_folder
+    from gateway.hub.cache import resolve_model_folder
+    from gateway.hub.model_info import profile_for_cached_model
     from tests.support.hub_emulator import running_emulator
     from tests.support.hub_fixtures import publish_folder
     from tests.support.tiny_model import build_tiny_model

@@ -9,8 +9,8 @@ from typing import Any
 
 import pytest
 
-from gateway.hf_cache import write_ref, write_tree_listing
-from gateway.model_info import (
+from gateway.hub.cache import write_ref, write_tree_listing
+from gateway.hub.model_info import (
     REASONING_PARSERS,
     TOOL_CALL_PARSERS,
     describe_model,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from gateway.launch import BACKEND_NAME
+from gateway.serving.launch import BACKEND_NAME
 from tests.support.tiny_model import build_tiny_model
 
 REPO = Path(__file__).resolve().parents[2]

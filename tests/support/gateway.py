@@ -11,8 +11,8 @@ from dataclasses import dataclass
 import uvicorn
 from starlette.applications import Starlette
 
-from gateway.core import Gateway
 from gateway.main import build_app
+from gateway.runtime import Gateway
 from gateway.settings import Settings
 
 

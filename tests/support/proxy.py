@@ -39,7 +39,7 @@ from aiohttp import web
 if TYPE_CHECKING:
     from openai import AsyncOpenAI
 
-    from gateway.models import Usage
+    from gateway.tables import Usage
     from tests.support.gateway import GatewayHandle
 
 ECHO_SCRIPT = Path(__file__).resolve()
@@ -289,7 +289,7 @@ class ProxyEnv:
         """The usage record of one request, read from the database once it is written."""
         from sqlmodel import select
 
-        from gateway.models import Usage
+        from gateway.tables import Usage
 
         async def row() -> Usage | None:
             await self.handle.core.usage.flush()

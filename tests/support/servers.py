@@ -25,7 +25,7 @@ from typing import Any
 import httpx
 import psutil
 
-from gateway.servers import ManagedServer, ServerManager
+from gateway.serving.manager import ManagedServer, ServerManager
 from gateway.settings import Settings
 from tests.conftest import bearer, make_settings
 from tests.support.gateway import GatewayHandle, running_gateway

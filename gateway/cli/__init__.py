@@ -19,13 +19,13 @@ from rich.markup import escape
 from rich.table import Table
 from sqlmodel import select
 
-from gateway import cli_remote
 from gateway.accounts import register_user
-from gateway.cli_models import model_app
+from gateway.cli import remote as cli_remote
+from gateway.cli.models import model_app
 from gateway.db import create_engine, migrate, session_factory
 from gateway.errors import GatewayError
-from gateway.models import User
 from gateway.settings import Settings, SettingsError, load_settings
+from gateway.tables import User
 
 app = typer.Typer(help="mlx-manager: an OpenAI-compatible gateway for local MLX models.")
 user_app = typer.Typer(help="Manage user accounts directly in the database.")
@@ -53,7 +53,7 @@ def serve(
     """Run the gateway: /v1 (OpenAI-compatible) and /api (admin) on one address."""
     import uvicorn
 
-    from gateway.logs import configure_logging
+    from gateway.log_setup import configure_logging
     from gateway.main import build_app
 
     overrides: dict[str, object] = {}

@@ -18,7 +18,7 @@ from starlette.requests import HTTPConnection
 from gateway.auth import Authenticator
 from gateway.db import create_engine, migrate, session_factory
 from gateway.metrics import Metrics
-from gateway.servers import ServerManager
+from gateway.serving.manager import ServerManager
 from gateway.settings import Settings
 from gateway.throttle import LoginThrottle
 from gateway.usage import UsageRecorder

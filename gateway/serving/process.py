@@ -21,7 +21,7 @@ import httpx
 import psutil
 
 from gateway.errors import ServiceUnavailable
-from gateway.logfiles import mark, open_for_child, tail
+from gateway.serving.logfiles import mark, open_for_child, tail
 
 READY_POLL_SECONDS = 0.05
 LOG_TAIL_LINES = 40

@@ -36,10 +36,10 @@ from sqlalchemy.ext.asyncio import async_sessionmaker
 from sqlmodel import col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
-from gateway import hf_cache
-from gateway.downloader import TransferProgress, check_free_space, download_snapshot, new_client
 from gateway.errors import Conflict, GatewayError, NotFound
-from gateway.hub import (
+from gateway.hub import cache as hf_cache
+from gateway.hub.catalog import LocalCatalog
+from gateway.hub.client import (
     OFFLINE_MESSAGE,
     TRANSIENT_ERRORS,
     DownloadPlan,
@@ -48,9 +48,9 @@ from gateway.hub import (
     check_repo_id,
     plan_download,
 )
-from gateway.local_models import LocalCatalog
-from gateway.models import Download, iso_utc, utcnow
+from gateway.hub.transfer import TransferProgress, check_free_space, download_snapshot, new_client
 from gateway.settings import Settings
+from gateway.tables import Download, iso_utc, utcnow
 
 log = logging.getLogger("mlx_manager.downloads")
 

@@ -15,8 +15,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from gateway.hf_cache import preferred_snapshot, snapshot_complete
-from gateway.model_info import ModelCharacteristics, describe_model, suggested_profile
+from gateway.hub.cache import preferred_snapshot, snapshot_complete
+from gateway.hub.model_info import ModelCharacteristics, describe_model, suggested_profile
 
 log = logging.getLogger("mlx_manager.cache")
 CATALOG_TTL = 60.0

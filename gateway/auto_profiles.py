@@ -11,15 +11,15 @@ from __future__ import annotations
 import asyncio
 import logging
 
-from gateway.core import Gateway
-from gateway.launch import BackendUnavailable
-from gateway.model_info import (
+from gateway.hub.model_info import (
     REASONING_PARSERS,
     TOOL_CALL_PARSERS,
     profile_for_cached_model,
 )
-from gateway.models import ServerProfile
-from gateway.servers import ManagedServer
+from gateway.runtime import Gateway
+from gateway.serving.launch import BackendUnavailable
+from gateway.serving.manager import ManagedServer
+from gateway.tables import ServerProfile
 
 log = logging.getLogger("mlx_manager.jit")
 

@@ -23,8 +23,8 @@ from gateway.errors import GatewayError
 from gateway.settings import Settings, SettingsError, load_settings
 
 if TYPE_CHECKING:
-    from gateway.downloader import TransferProgress
-    from gateway.hub import DownloadPlan
+    from gateway.hub.client import DownloadPlan
+    from gateway.hub.transfer import TransferProgress
 
 model_app = typer.Typer(
     help="Search the Hugging Face hub, download (resumably) and manage local MLX models.",
@@ -58,13 +58,13 @@ def _settings() -> Settings:
 
 
 def _cache(settings: Settings) -> Path:
-    from gateway.hf_cache import default_cache_dir
+    from gateway.hub.cache import default_cache_dir
 
     return settings.hf_cache_path or default_cache_dir()
 
 
 def _fail(exc: BaseException, repo_id: str | None = None) -> typer.Exit:
-    from gateway.hub import translate_hub_error
+    from gateway.hub.client import translate_hub_error
 
     error = exc if isinstance(exc, GatewayError) else translate_hub_error(exc, repo_id)
     errors.print(f"[red]error:[/red] {error.message}")
@@ -72,7 +72,7 @@ def _fail(exc: BaseException, repo_id: str | None = None) -> typer.Exit:
 
 
 def _refuse_offline(settings: Settings) -> None:
-    from gateway.hub import OFFLINE_MESSAGE
+    from gateway.hub.client import OFFLINE_MESSAGE
 
     if settings.offline_mode:
         errors.print(f"[red]error:[/red] {OFFLINE_MESSAGE}")
@@ -103,8 +103,8 @@ def search(
     ] = None,
 ) -> None:
     """Search the hub for MLX models."""
-    from gateway.hub import GIB, search_models
-    from gateway.local_models import scan_models
+    from gateway.hub.catalog import scan_models
+    from gateway.hub.client import GIB, search_models
 
     settings = _settings()
     _refuse_offline(settings)
@@ -145,8 +145,8 @@ def pull(
     ] = None,
 ) -> None:
     """Download a model into the local cache; Ctrl-C keeps what arrived, pull again to resume."""
-    from gateway.downloader import TransferProgress, check_free_space
-    from gateway.hub import check_repo_id, plan_download
+    from gateway.hub.client import check_repo_id, plan_download
+    from gateway.hub.transfer import TransferProgress, check_free_space
 
     settings = _settings()
     _refuse_offline(settings)
@@ -180,7 +180,7 @@ async def _pull(plan: DownloadPlan, cache: Path, progress: TransferProgress) -> 
         TransferSpeedColumn,
     )
 
-    from gateway.downloader import download_snapshot, new_client
+    from gateway.hub.transfer import download_snapshot, new_client
 
     async with new_client() as client:
         task = asyncio.create_task(download_snapshot(plan, cache, progress, client))
@@ -208,7 +208,7 @@ async def _pull(plan: DownloadPlan, cache: Path, progress: TransferProgress) -> 
 @model_app.command("list")
 def list_models() -> None:
     """List the models in the local cache with what their config says."""
-    from gateway.local_models import scan_models
+    from gateway.hub.catalog import scan_models
 
     cache = _cache(_settings())
     models = scan_models(cache)
@@ -240,7 +240,7 @@ def remove(
     ] = False,
 ) -> None:
     """Delete a model (every revision) from the local cache."""
-    from gateway.hf_cache import delete_model, find_repo_folder
+    from gateway.hub.cache import delete_model, find_repo_folder
 
     settings = _settings()
     cache = _cache(settings)
@@ -270,7 +270,7 @@ async def _running_users(settings: Settings, repo: str, folder: Path) -> list[st
     from sqlmodel import select
 
     from gateway.db import create_engine, session_factory
-    from gateway.models import RunningInstance, ServerProfile
+    from gateway.tables import RunningInstance, ServerProfile
 
     if settings.database_url is None and not (settings.database_path or Path()).exists():
         return []

@@ -20,7 +20,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from gateway.hf_cache import default_cache_dir, find_repo_folder, preferred_snapshot
+from gateway.hub.cache import default_cache_dir, find_repo_folder, preferred_snapshot
 
 Kind = Literal["lm", "multimodal", "embeddings", "whisper", "image"]
 ProfileModelType = Literal[

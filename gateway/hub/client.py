@@ -27,7 +27,7 @@ from gateway.errors import (
     ServiceUnavailable,
     Unprocessable,
 )
-from gateway.model_paths import looks_like_repo_id
+from gateway.hub.cache import looks_like_repo_id
 
 T = TypeVar("T")
 HUB_TIMEOUT = 30.0

@@ -30,16 +30,14 @@ from sqlalchemy.ext.asyncio import async_sessionmaker
 from sqlmodel import delete, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
-from gateway import scheduler
 from gateway.errors import BadRequest, NotFound, ServiceUnavailable
-from gateway.launch import BackendInfo, BackendProbe, build_command
-from gateway.logfiles import log_path, mark, rotate_if_large, tail
-from gateway.memory import ProcessTreeMeter, cap_bytes, estimate_need_bytes
-from gateway.model_paths import resolve_model_folder
-from gateway.models import RunningInstance, ServerProfile, iso_utc
-from gateway.scheduler import ServerState
-from gateway.settings import Settings
-from gateway.supervisor import (
+from gateway.hub.cache import resolve_model_folder
+from gateway.serving import policy as scheduler
+from gateway.serving.launch import BackendInfo, BackendProbe, build_command
+from gateway.serving.logfiles import log_path, mark, rotate_if_large, tail
+from gateway.serving.memory import ProcessTreeMeter, cap_bytes, estimate_need_bytes
+from gateway.serving.policy import ServerState
+from gateway.serving.process import (
     LaunchSpec,
     ServerProcess,
     StartFailed,
@@ -47,6 +45,8 @@ from gateway.supervisor import (
     pick_port,
     port_is_free,
 )
+from gateway.settings import Settings
+from gateway.tables import RunningInstance, ServerProfile, iso_utc
 
 log = logging.getLogger("mlx_manager.servers")
 GIB = 1024**3

@@ -15,8 +15,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from gateway.errors import Unprocessable
-from gateway.models import ServerProfile
 from gateway.settings import Settings
+from gateway.tables import ServerProfile
 
 BACKEND_NAME = "mlx-openai-server"
 MODEL_TYPES = ("lm", "multimodal", "embeddings", "whisper", "image-generation", "image-edit")

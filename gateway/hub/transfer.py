@@ -32,9 +32,9 @@ from typing import IO, Any
 import httpx
 from filelock import FileLock, Timeout
 
-from gateway import hf_cache
 from gateway.errors import GatewayError
-from gateway.hub import (
+from gateway.hub import cache as hf_cache
+from gateway.hub.client import (
     DownloadPlan,
     FileNotOnHub,
     HubFailed,

@@ -1,0 +1,1 @@
+"""Hugging Face models: hub client, transfers into the cache, download jobs, the local catalog."""
