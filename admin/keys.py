@@ -14,8 +14,9 @@ from gateway.auth import authenticator_of, require_user
 from gateway.errors import Forbidden, NotFound
 from gateway.http import read_model
 from gateway.runtime import gateway_of
-from gateway.tables import ApiKey, User, utcnow
+from gateway.tables import ApiKey, User
 from gateway.tokens import api_key_display_prefix, hash_api_key, new_api_key
+from gateway.types import utcnow
 
 
 async def create_key(request: Request) -> Response:

@@ -23,7 +23,6 @@ from gateway.http import describe_errors
 from gateway.hub.cache import delete_model
 from gateway.hub.catalog import LocalModel
 from gateway.hub.client import (
-    GIB,
     MAX_SEARCH_LIMIT,
     OFFLINE_MESSAGE,
     OfflineMode,
@@ -32,8 +31,8 @@ from gateway.hub.client import (
 )
 from gateway.runtime import gateway_of
 from gateway.serving.manager import ManagedServer
+from gateway.types import GIB, RUNNING
 
-RUNNING_STATES = ("starting", "ready")
 _SORT_ALIASES = {"last_modified": "lastModified", "lastmodified": "lastModified"}
 
 
@@ -138,7 +137,7 @@ def _with_state(data: dict[str, Any], model: LocalModel, downloading: set[str]) 
 
 def _loads(server: ManagedServer, model: LocalModel) -> bool:
     """Does this running server load `model`: by repo id, or by a path inside its folder."""
-    if server.state not in RUNNING_STATES:
+    if server.state not in RUNNING:
         return False
     path = server.profile.model_path
     if not path:

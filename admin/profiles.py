@@ -7,7 +7,7 @@ a server that fails on the first user request.
 from __future__ import annotations
 
 import asyncio
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any
 
 from pydantic import Field, field_validator
 from sqlalchemy.exc import IntegrityError
@@ -24,9 +24,9 @@ from gateway.http import read_model
 from gateway.hub.cache import resolve_model_folder
 from gateway.runtime import Gateway, gateway_of
 from gateway.serving.launch import BackendUnavailable, build_command
-from gateway.tables import ServerProfile, iso_utc, utcnow
+from gateway.tables import ServerProfile
+from gateway.types import ModelType, iso_utc, utcnow
 
-ModelType = Literal["lm", "multimodal", "embeddings", "whisper", "image-generation", "image-edit"]
 Name = Annotated[str, Field(min_length=1, max_length=200, pattern=r"^[A-Za-z0-9][\w.:/@+-]*$")]
 
 

@@ -10,7 +10,8 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from gateway.tables import ApiKey, User, iso_utc
+from gateway.tables import ApiKey, User
+from gateway.types import iso_utc
 
 
 class Strict(BaseModel):

@@ -13,6 +13,7 @@ from gateway.auth import require_user
 from gateway.runtime import gateway_of
 from gateway.serving.launch import find_backend
 from gateway.system_info import backend_versions, host_facts
+from gateway.types import ALIVE
 
 
 def _backend_cache(request: Request) -> dict[str | None, dict[str, str | None]]:
@@ -37,7 +38,7 @@ async def memory(request: Request) -> Response:
             "need_bytes": s.need_bytes,
         }
         for s in manager.servers()
-        if s.state in ("starting", "ready", "stopping")
+        if s.state in ALIVE
     ]
     return JSONResponse(
         {

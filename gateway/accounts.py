@@ -17,7 +17,8 @@ from sqlmodel.ext.asyncio.session import AsyncSession
 
 from gateway.errors import Conflict, Unprocessable
 from gateway.passwords import check_password_policy, hash_password, verify_password
-from gateway.tables import Setting, User, utcnow
+from gateway.tables import Setting, User
+from gateway.types import utcnow
 
 UserStatus = Literal["approved", "pending", "disabled"]
 USER_STATUSES: tuple[UserStatus, ...] = ("approved", "pending", "disabled")

@@ -13,9 +13,9 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.registry import Collector
 
 from gateway.serving.manager import ServerManager
+from gateway.types import SERVER_STATES
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
-STATES = ("stopped", "starting", "ready", "stopping", "failed")
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
 
 
@@ -138,7 +138,7 @@ class ServerCollector(Collector):
             "mlx_manager_server_inflight", "Requests and streams in flight.", labels=["name"]
         )
         for server in manager.servers():
-            for candidate in STATES:
+            for candidate in SERVER_STATES:
                 state.add_metric(
                     [server.name, candidate], 1.0 if server.state == candidate else 0.0
                 )

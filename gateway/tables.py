@@ -6,27 +6,13 @@ password hash or key hash can never leak through a response model by accident.
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
 from sqlalchemy import JSON, BigInteger, Column, DateTime, ForeignKey, Integer, String
 from sqlmodel import Field, SQLModel
 
-
-def utcnow() -> datetime:
-    return datetime.now(UTC)
-
-
-def iso_utc(value: datetime | None) -> str | None:
-    """One timestamp format everywhere: ISO 8601 in UTC with its offset.
-
-    SQLite hands timestamps back without a zone; they were written in UTC, so say so.
-    """
-    if value is None:
-        return None
-    if value.tzinfo is None:
-        value = value.replace(tzinfo=UTC)
-    return value.astimezone(UTC).isoformat()
+from gateway.types import utcnow
 
 
 def _ts(**kwargs: Any) -> Any:

@@ -104,7 +104,8 @@ def search(
 ) -> None:
     """Search the hub for MLX models."""
     from gateway.hub.catalog import scan_models
-    from gateway.hub.client import GIB, search_models
+    from gateway.hub.client import search_models
+    from gateway.types import GIB
 
     settings = _settings()
     _refuse_offline(settings)

@@ -11,12 +11,12 @@ import logging
 import os
 import time
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 from gateway.hub.cache import preferred_snapshot, snapshot_complete
 from gateway.hub.model_info import ModelCharacteristics, describe_model, suggested_profile
+from gateway.types import iso_utc
 
 log = logging.getLogger("mlx_manager.cache")
 CATALOG_TTL = 60.0
@@ -58,8 +58,8 @@ class LocalModel:
             "revision": preferred.commit if preferred else None,
             "refs": list(preferred.refs) if preferred else [],
             "revisions": [r.commit for r in self.revisions],
-            "last_modified": _iso(self.last_modified),
-            "last_accessed": _iso(self.last_accessed),
+            "last_modified": iso_utc(self.last_modified),
+            "last_accessed": iso_utc(self.last_accessed),
             "path": str(self.snapshot or self.path),
             "characteristics": chars.to_json() if chars else None,
             "suggested_profile": suggested_profile(chars).fields() if chars else None,
@@ -73,7 +73,7 @@ class LocalModel:
                 "commit": r.commit,
                 "refs": list(r.refs),
                 "size_bytes": r.size_bytes,
-                "last_modified": _iso(r.last_modified),
+                "last_modified": iso_utc(r.last_modified),
                 "path": str(r.path),
                 "complete": r.complete,
                 "files": [{"path": p, "size_bytes": s} for p, s in r.files],
@@ -81,10 +81,6 @@ class LocalModel:
             for r in self.revisions
         ]
         return data
-
-
-def _iso(timestamp: float) -> str:
-    return datetime.fromtimestamp(timestamp, UTC).isoformat()
 
 
 def scan_models(cache: Path) -> list[LocalModel]:

@@ -28,12 +28,12 @@ from gateway.errors import (
     Unprocessable,
 )
 from gateway.hub.cache import looks_like_repo_id
+from gateway.types import GIB
 
 T = TypeVar("T")
 HUB_TIMEOUT = 30.0
 MLX_LIBRARY_TAG = "mlx"
 MAX_SEARCH_LIMIT = 100
-GIB = 1024**3
 SEARCH_EXPAND = [
     "author",
     "downloads",

@@ -50,7 +50,8 @@ from gateway.hub.client import (
 )
 from gateway.hub.transfer import TransferProgress, check_free_space, download_snapshot, new_client
 from gateway.settings import Settings
-from gateway.tables import Download, iso_utc, utcnow
+from gateway.tables import Download
+from gateway.types import iso_utc, utcnow
 
 log = logging.getLogger("mlx_manager.downloads")
 
@@ -116,18 +117,14 @@ def view_of(record: Download, active: _Active | None = None) -> dict[str, Any]:
         "rate_bytes_per_second": round(active.rate, 1) if active and active.rate else None,
         "eta_seconds": _round(active.eta()) if active else None,
         "error": record.error,
-        "created_at": _iso(record.created_at),
-        "updated_at": _iso(record.updated_at),
-        "finished_at": _iso(record.finished_at),
+        "created_at": iso_utc(record.created_at),
+        "updated_at": iso_utc(record.updated_at),
+        "finished_at": iso_utc(record.finished_at),
     }
 
 
 def _round(value: float | None) -> float | None:
     return None if value is None or math.isinf(value) else round(value, 1)
-
-
-def _iso(value: Any) -> str | None:
-    return iso_utc(value)
 
 
 class DownloadManager:

@@ -21,11 +21,9 @@ from pathlib import Path
 from typing import Any, Literal
 
 from gateway.hub.cache import default_cache_dir, find_repo_folder, preferred_snapshot
+from gateway.types import ModelType
 
 Kind = Literal["lm", "multimodal", "embeddings", "whisper", "image"]
-ProfileModelType = Literal[
-    "lm", "multimodal", "embeddings", "whisper", "image-generation", "image-edit"
-]
 
 # What mlx-openai-server 1.8.1 `launch --help` accepts; a newer server's own list can be passed
 # to `suggested_profile` (BackendInfo.choices) so a suggestion never names a parser it lacks.
@@ -180,7 +178,7 @@ class ModelCharacteristics:
 class SuggestedProfile:
     """Profile options that suit a model; `fields()` feeds a ServerProfile directly."""
 
-    model_type: ProfileModelType
+    model_type: ModelType
     tool_call_parser: str | None
     reasoning_parser: str | None
     enable_auto_tool_choice: bool
@@ -444,7 +442,7 @@ def suggested_profile(
     )
 
 
-def _profile_model_type(model: ModelCharacteristics) -> ProfileModelType:
+def _profile_model_type(model: ModelCharacteristics) -> ModelType:
     if model.kind == "image":
         name = (model.repo_id or "").lower()
         return "image-edit" if "edit" in name or "kontext" in name else "image-generation"

@@ -44,6 +44,7 @@ from gateway.hub.client import (
     status_error,
     unreachable_error,
 )
+from gateway.types import GIB
 
 log = logging.getLogger("mlx_manager.downloads")
 
@@ -55,7 +56,6 @@ RETRY_BASE_SECONDS = 1.0
 RETRY_MAX_SECONDS = 30.0
 LOCK_POLL_SECONDS = 0.25
 FREE_SPACE_HEADROOM = 256 * 1024 * 1024
-GIB = 1024**3
 
 
 class DownloadError(GatewayError):

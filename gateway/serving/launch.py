@@ -19,7 +19,6 @@ from gateway.settings import Settings
 from gateway.tables import ServerProfile
 
 BACKEND_NAME = "mlx-openai-server"
-MODEL_TYPES = ("lm", "multimodal", "embeddings", "whisper", "image-generation", "image-edit")
 PLACEHOLDERS = ("port", "host", "model_path", "name")
 # Flags whose value the gateway must control: a later repeat in extra_args would win.
 GATEWAY_OWNED_FLAGS = frozenset(

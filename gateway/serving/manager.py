@@ -36,7 +36,6 @@ from gateway.serving import policy as scheduler
 from gateway.serving.launch import BackendInfo, BackendProbe, build_command
 from gateway.serving.logfiles import log_path, mark, rotate_if_large, tail
 from gateway.serving.memory import ProcessTreeMeter, cap_bytes, estimate_need_bytes
-from gateway.serving.policy import ServerState
 from gateway.serving.process import (
     LaunchSpec,
     ServerProcess,
@@ -46,16 +45,11 @@ from gateway.serving.process import (
     port_is_free,
 )
 from gateway.settings import Settings
-from gateway.tables import RunningInstance, ServerProfile, iso_utc
+from gateway.tables import RunningInstance, ServerProfile
+from gateway.types import ALIVE, GIB, RUNNING, ServerState, iso_utc
 
 log = logging.getLogger("mlx_manager.servers")
-GIB = 1024**3
-MAX_RETRY_AFTER = 120
-_ALIVE = (
-    "starting",
-    "ready",
-    "stopping",
-)  # states in which a process exists  # the OpenAI SDK will not honour a longer Retry-After
+MAX_RETRY_AFTER = 120  # the OpenAI SDK will not honour a longer Retry-After
 
 
 class ModelTooLarge(BadRequest):
@@ -124,8 +118,8 @@ class ManagedServer:
             "profile_id": self.profile_id,
             "name": self.name,
             "state": self.state,
-            "pid": proc.pid if proc is not None and self.state in _ALIVE else None,
-            "port": self.port if self.state in _ALIVE else None,
+            "pid": proc.pid if proc is not None and self.state in ALIVE else None,
+            "port": self.port if self.state in ALIVE else None,
             "started_at": _iso(self.started_at),
             "last_used_at": _iso(self.last_used_at),
             "inflight": self.inflight,
@@ -247,7 +241,7 @@ class ServerManager:
         if server is None:
             await self.add_profile(profile)
             return
-        was_running = server.state in ("starting", "ready")
+        was_running = server.state in RUNNING
         if was_running:
             await self.stop(server, reason="profile changed")
         server.profile = profile.model_copy()
@@ -455,7 +449,7 @@ class ServerManager:
         await self.ensure_ready(server, within=self.settings.start_timeout)
 
     async def stop(self, server: ManagedServer, reason: str = "requested") -> None:
-        while server.state in ("starting", "ready", "stopping"):
+        while server.state in ALIVE:
             if server.state == "stopping":
                 assert server.task is not None
                 await asyncio.wait({server.task})
@@ -560,9 +554,7 @@ class ServerManager:
         taken = {
             s.port
             for s in self._servers.values()
-            if s.port is not None
-            and s.state in ("starting", "ready", "stopping")
-            and s.profile.id != profile.id
+            if s.port is not None and s.state in ALIVE and s.profile.id != profile.id
         }
         if profile.port is not None:
             if profile.port in taken or not port_is_free(profile.port):

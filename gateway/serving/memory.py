@@ -12,8 +12,8 @@ from pathlib import Path
 import psutil
 
 from gateway.settings import Settings
+from gateway.types import GIB
 
-GIB = 1024**3
 # Weights are mapped in full, plus KV cache, activations and the runtime itself.
 WEIGHT_OVERHEAD = 1.2
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".npz", ".gguf", ".pt", ".pth")

@@ -16,7 +16,9 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import Literal, TypeAlias
+from typing import TypeAlias
+
+from gateway.types import ALIVE, ServerState
 
 __all__ = [
     "Admit",
@@ -31,12 +33,6 @@ __all__ = [
     "plan_start",
     "resident_bytes",
 ]
-
-ServerState = Literal["stopped", "starting", "ready", "stopping", "failed"]
-
-# A stopping process still holds its memory until it has exited; counting it
-# avoids admitting a new server into memory that is not free yet.
-_HOLDS_MEMORY: frozenset[ServerState] = frozenset({"starting", "ready", "stopping"})
 
 
 @dataclass(frozen=True, slots=True)
@@ -93,7 +89,7 @@ Decision: TypeAlias = Admit | Evict | Wait | NeverFits
 
 def resident_bytes(servers: Iterable[ServerView]) -> int:
     """Memory held by servers whose process exists (stopped/failed hold nothing)."""
-    return sum(s.need_bytes for s in servers if s.state in _HOLDS_MEMORY)
+    return sum(s.need_bytes for s in servers if s.state in ALIVE)
 
 
 def _is_idle(s: ServerView) -> bool:
@@ -141,7 +137,7 @@ def plan_start(
         if resident - freed + need_bytes <= cap_bytes:
             return Evict(victims=tuple(c.name for c in candidates[: i + 1]))
 
-    blockers = sorted(s.name for s in others if s.state in _HOLDS_MEMORY and not _is_idle(s))
+    blockers = sorted(s.name for s in others if s.state in ALIVE and not _is_idle(s))
     return Wait(
         blockers=tuple(blockers),
         shortfall_bytes=resident - freed + need_bytes - cap_bytes,
