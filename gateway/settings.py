@@ -86,6 +86,11 @@ class Settings(BaseSettings):
     login_window_seconds: Annotated[float, Field(gt=0, le=86400)] = 300
     login_max_failures_per_address: Annotated[int, Field(ge=1, le=100000)] = 50
 
+    # The HTTP edge (gateway/edge.py): bounds on what a client may hold before the app runs.
+    max_header_bytes: Annotated[int, Field(ge=1024, le=1024 * 1024)] = 32 * 1024
+    header_timeout: Annotated[float, Field(gt=0, le=3600)] = 30
+    body_timeout: Annotated[float, Field(gt=0, le=3600)] = 60
+
     @field_validator("home", mode="after")
     @classmethod
     def _expand_home(cls, value: Path) -> Path:

@@ -53,6 +53,7 @@ def serve(
     """Run the gateway: /v1 (OpenAI-compatible) and /api (admin) on one address."""
     import uvicorn
 
+    from gateway.edge import uvicorn_options
     from gateway.log_setup import configure_logging
     from gateway.main import build_app
 
@@ -95,6 +96,7 @@ def serve(
         log_config=None,
         access_log=False,
         timeout_graceful_shutdown=int(settings.stop_timeout) + 5,
+        **uvicorn_options(settings),
     )
     Server(config).run()
 
