@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from datetime import timedelta
+from urllib.parse import parse_qs
 
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
@@ -12,10 +13,20 @@ from admin.schemas import Credentials, public_user
 from gateway.accounts import check_password_login, normalize_email, register_user
 from gateway.auth import require_user
 from gateway.errors import BadRequest, Forbidden, Unauthorized, Unprocessable
-from gateway.http import ADMIN_BODY_LIMIT, client_address, parse_json, read_body, validate
+from gateway.http import (
+    ADMIN_BODY_LIMIT,
+    JSON,
+    client_address,
+    parse_json,
+    read_body,
+    require_media_type,
+    validate,
+)
 from gateway.runtime import gateway_of
 from gateway.tables import User
 from gateway.tokens import issue_access_token
+
+FORM = "application/x-www-form-urlencoded"
 
 
 async def register(request: Request) -> Response:
@@ -31,7 +42,7 @@ async def register(request: Request) -> Response:
 
 async def login(request: Request) -> Response:
     gateway = gateway_of(request)
-    credentials = await _read_credentials(request)
+    credentials = await _read_credentials(request, form=True)
     try:
         email = normalize_email(credentials.email)
     except Unprocessable:
@@ -73,16 +84,25 @@ async def me(request: Request) -> Response:
     return JSONResponse(body)
 
 
-async def _read_credentials(request: Request) -> Credentials:
-    """JSON `{email, password}`, or the OAuth2 password form (`username`, `password`)."""
-    content_type = request.headers.get("content-type", "")
-    if content_type.startswith(("application/x-www-form-urlencoded", "multipart/form-data")):
-        form = await request.form()
-        username, password = form.get("username"), form.get("password")
-        if not isinstance(username, str) or not isinstance(password, str):
-            raise BadRequest("form login needs the fields 'username' and 'password'")
-        return validate(Credentials, {"email": username, "password": password})
-    return validate(Credentials, parse_json(await read_body(request, ADMIN_BODY_LIMIT)))
+async def _read_credentials(request: Request, *, form: bool = False) -> Credentials:
+    """JSON `{email, password}`, or (sign-in only) the OAuth2 password form.
+
+    The form is parsed here from the size-limited body rather than by Starlette's
+    `request.form()`, which takes multipart too and spools uploads of any size to disk.
+    """
+    allowed = (JSON, FORM) if form else (JSON,)
+    kind = require_media_type(request, *allowed)
+    body = await read_body(request, ADMIN_BODY_LIMIT)
+    if kind == JSON:
+        return validate(Credentials, parse_json(body))
+    try:
+        fields = parse_qs(body.decode(), keep_blank_values=True, max_num_fields=10)
+    except (UnicodeDecodeError, ValueError) as exc:
+        raise BadRequest("the form is not valid UTF-8 URL-encoded fields") from exc
+    username, password = fields.get("username"), fields.get("password")
+    if not username or not password:
+        raise BadRequest("form login needs the fields 'username' and 'password'")
+    return validate(Credentials, {"email": username[0], "password": password[0]})
 
 
 routes = [

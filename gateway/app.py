@@ -22,6 +22,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from gateway.access_log import AccessLogMiddleware
 from gateway.auth import require_admin
 from gateway.errors import GatewayError, error_response, openai_error_response
+from gateway.hosts import HostAllowlistMiddleware, allowed_hosts
 from gateway.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from gateway.proxy import routes as proxy_routes
 from gateway.request_id import RequestIdMiddleware, request_id_of
@@ -142,6 +143,7 @@ def create_app(settings: Settings, control: ControlPlane | None = None) -> Starl
         middleware=[
             Middleware(RequestIdMiddleware),
             Middleware(AccessLogMiddleware),
+            Middleware(HostAllowlistMiddleware, hosts=allowed_hosts(settings)),
             Middleware(LastResortErrors),
         ],
         exception_handlers={

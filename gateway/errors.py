@@ -69,6 +69,12 @@ class PayloadTooLarge(GatewayError):
     code = "request_too_large"
 
 
+class UnsupportedMediaType(GatewayError):
+    status_code = 415
+    error_type = "invalid_request_error"
+    code = "unsupported_media_type"
+
+
 class Unprocessable(GatewayError):
     status_code = 422
     error_type = "invalid_request_error"

@@ -8,10 +8,35 @@ from typing import Any, TypeVar
 from pydantic import BaseModel, ValidationError
 from starlette.requests import Request
 
-from gateway.errors import BadRequest, PayloadTooLarge, Unprocessable
+from gateway.errors import BadRequest, PayloadTooLarge, Unprocessable, UnsupportedMediaType
 
 M = TypeVar("M", bound=BaseModel)
 ADMIN_BODY_LIMIT = 1024 * 1024
+
+
+JSON = "application/json"
+
+
+def media_type(request: Request) -> str:
+    return request.headers.get("content-type", "").partition(";")[0].strip().lower()
+
+
+def require_media_type(request: Request, *allowed: str) -> str:
+    """415 unless the body is declared as one of `allowed`; returns the media type.
+
+    Why it matters: a web page may POST `text/plain` (or a form) to any address without a CORS
+    preflight, and a parser that ignores Content-Type would read such a body as JSON. Insisting
+    on `application/json` makes every cross-site write need a preflight, which the gateway never
+    grants, so a page elsewhere cannot act on a local gateway (e.g. register its first admin).
+    """
+    found = media_type(request)
+    if found not in allowed:
+        shown = found or "none"
+        raise UnsupportedMediaType(
+            f"Content-Type must be {' or '.join(allowed)} (got {shown})",
+            param="content-type",
+        )
+    return found
 
 
 async def read_body(request: Request, limit: int) -> bytes:
@@ -40,6 +65,7 @@ def parse_json(body: bytes) -> Any:
 
 async def read_model(request: Request, model: type[M], limit: int = ADMIN_BODY_LIMIT) -> M:
     """Parse and validate a JSON body into `model`, with a 422 that names each bad field."""
+    require_media_type(request, JSON)
     data = parse_json(await read_body(request, limit))
     return validate(model, data)
 

@@ -90,6 +90,8 @@ class Settings(BaseSettings):
     max_header_bytes: Annotated[int, Field(ge=1024, le=1024 * 1024)] = 32 * 1024
     header_timeout: Annotated[float, Field(gt=0, le=3600)] = 30
     body_timeout: Annotated[float, Field(gt=0, le=3600)] = 60
+    # Comma-separated Host names served (gateway/hosts.py); unset = loopback + bind address.
+    allowed_hosts: str | None = None
 
     @field_validator("home", mode="after")
     @classmethod

@@ -125,7 +125,7 @@ async def test_unhandled_errors_become_json_500_with_the_request_id(settings: Se
         settings, ControlPlane(routes=[Route("/api/boom", boom), Route("/v1/boom", boom)])
     )
     transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
-    async with httpx.AsyncClient(transport=transport, base_url="http://gateway") as client:
+    async with httpx.AsyncClient(transport=transport, base_url="http://localhost") as client:
         response = await client.get("/api/boom", headers={"x-request-id": "trace-me"})
         assert response.status_code == 500
         assert response.headers["x-request-id"] == "trace-me"

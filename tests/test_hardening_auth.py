@@ -1,0 +1,151 @@
+"""Issue 11's fixes at the `/api` door: content types, the Host allowlist, registration
+floods, body limits on forms. A real gateway on a real port (in-process uvicorn)."""
+
+from __future__ import annotations
+
+import httpx
+import pytest
+
+from gateway.hosts import HostAllowlistMiddleware, default_allowed_hosts, host_name
+from tests.conftest import bearer, make_settings, register_and_login
+from tests.support.gateway import running_gateway
+
+CREDENTIALS = b'{"email": "first@example.com", "password": "first-password"}'
+
+
+# --- Content-Type --------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "content_type",
+    [None, "text/plain", "text/plain;charset=UTF-8", "multipart/form-data; boundary=x"],
+)
+async def test_a_cross_site_simple_register_is_refused_and_creates_nobody(
+    client: httpx.AsyncClient, content_type: str | None
+):
+    """A page anywhere can POST text/plain without a preflight; it must not become admin."""
+    headers = {"content-type": content_type} if content_type else {}
+    response = await client.post("/api/auth/register", content=CREDENTIALS, headers=headers)
+    assert response.status_code == 415, response.text
+    assert response.json()["code"] == "unsupported_media_type"
+    # Nobody was registered: the real first user still becomes the admin.
+    token = await register_and_login(client, "admin@example.com", "admin-password")
+    me = await client.get("/api/auth/me", headers=bearer(token))
+    assert me.json()["is_admin"] is True
+
+
+@pytest.mark.parametrize("content_type", ["text/plain", "multipart/form-data; boundary=x"])
+async def test_sign_in_takes_json_or_the_urlencoded_form_only(
+    client: httpx.AsyncClient, content_type: str
+):
+    await register_and_login(client, "admin@example.com", "admin-password")
+    body = b'{"email": "admin@example.com", "password": "admin-password"}'
+    response = await client.post(
+        "/api/auth/login", content=body, headers={"content-type": content_type}
+    )
+    assert response.status_code == 415, response.text
+    form = await client.post(
+        "/api/auth/login", data={"username": "admin@example.com", "password": "admin-password"}
+    )
+    assert form.status_code == 200, form.text
+    as_json = await client.post(
+        "/api/auth/login", content=body, headers={"content-type": "application/json"}
+    )
+    assert as_json.status_code == 200
+
+
+async def test_json_writes_need_application_json(client: httpx.AsyncClient):
+    token = await register_and_login(client, "admin@example.com", "admin-password")
+    body = b'{"name": "k"}'
+    refused = await client.post(
+        "/api/keys", content=body, headers={**bearer(token), "content-type": "text/plain"}
+    )
+    assert refused.status_code == 415
+    assert "application/json" in refused.json()["detail"]
+    accepted = await client.post(
+        "/api/keys",
+        content=body,
+        headers={**bearer(token), "content-type": "application/json; charset=utf-8"},
+    )
+    assert accepted.status_code == 201, accepted.text
+
+
+# --- Host allowlist ------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("path", ["/health", "/api/auth/register", "/v1/models", "/"])
+async def test_a_foreign_host_is_refused(client: httpx.AsyncClient, path: str):
+    response = await client.get(path, headers={"host": "rebind.attacker.example"})
+    assert response.status_code == 400
+    body = response.json()
+    code = body["error"]["code"] if path.startswith("/v1") else body["code"]
+    assert code == "host_not_allowed"
+    assert response.headers["x-request-id"]
+
+
+async def test_a_cross_site_register_through_a_rebound_name_is_refused(
+    client: httpx.AsyncClient,
+):
+    response = await client.post(
+        "/api/auth/register",
+        content=CREDENTIALS,
+        headers={"host": "rebind.attacker.example:8080", "content-type": "application/json"},
+    )
+    assert response.status_code == 400
+    registered = await client.post(
+        "/api/auth/register",
+        content=CREDENTIALS,
+        headers={"content-type": "application/json"},
+    )
+    assert registered.json()["is_admin"] is True
+
+
+@pytest.mark.parametrize("host", ["127.0.0.1", "localhost:8080", "[::1]:80", "LOCALHOST."])
+async def test_loopback_names_are_served(client: httpx.AsyncClient, host: str):
+    response = await client.get("/health", headers={"host": host})
+    assert response.status_code == 200
+
+
+async def test_allowed_hosts_setting_replaces_the_defaults(tmp_path):
+    settings = make_settings(tmp_path / "home", allowed_hosts="models.example.com, *.lan")
+    async with (
+        running_gateway(settings) as handle,
+        httpx.AsyncClient(base_url=handle.url, trust_env=False) as http,
+    ):
+        ok = [
+            await http.get("/health", headers={"host": h})
+            for h in ("models.example.com", "Models.Example.com:443", "box.lan")
+        ]
+        assert [r.status_code for r in ok] == [200, 200, 200]
+        refused = [
+            await http.get("/health", headers={"host": h})
+            for h in ("127.0.0.1", "lan", "example.com", "evil.models.example.com")
+        ]
+        assert [r.status_code for r in refused] == [400, 400, 400, 400]
+
+
+async def test_a_star_allows_any_host(tmp_path):
+    settings = make_settings(tmp_path / "home", allowed_hosts="*")
+    async with (
+        running_gateway(settings) as handle,
+        httpx.AsyncClient(base_url=handle.url, trust_env=False) as http,
+    ):
+        response = await http.get("/health", headers={"host": "anything.example"})
+        assert response.status_code == 200
+
+
+def test_host_names_are_parsed_without_port_or_brackets():
+    assert host_name("Example.COM:8080") == "example.com"
+    assert host_name("[::1]:8080") == "::1"
+    assert host_name("[::1]") == "::1"
+    assert host_name("::1") == "::1"
+    assert host_name("localhost.") == "localhost"
+
+
+def test_a_wildcard_bind_allows_this_machines_addresses_but_not_strangers():
+    hosts = default_allowed_hosts("0.0.0.0")
+    assert "127.0.0.1" in hosts
+    middleware = HostAllowlistMiddleware(app=None, hosts=hosts)  # type: ignore[arg-type]
+    assert middleware.allows("localhost:8080")
+    assert not middleware.allows("rebind.attacker.example")
+    assert default_allowed_hosts("192.0.2.7") == ["localhost", "127.0.0.1", "::1", "192.0.2.7"]
