@@ -10,9 +10,15 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from admin.schemas import Credentials, public_user
-from gateway.accounts import check_password_login, normalize_email, register_user
+from gateway.accounts import (
+    check_password_login,
+    count_pending_users,
+    has_users,
+    normalize_email,
+    register_user,
+)
 from gateway.auth import require_user
-from gateway.errors import BadRequest, Forbidden, Unauthorized, Unprocessable
+from gateway.errors import BadRequest, Forbidden, ServiceUnavailable, Unauthorized, Unprocessable
 from gateway.http import (
     ADMIN_BODY_LIMIT,
     JSON,
@@ -31,8 +37,18 @@ FORM = "application/x-www-form-urlencoded"
 
 async def register(request: Request) -> Response:
     gateway = gateway_of(request)
+    gateway.register_throttle.hit(client_address(request))
     credentials = await _read_credentials(request)
     async with gateway.sessions() as session:
+        # Self-registered accounts wait for an admin; bound the queue so a flood of sign-ups
+        # cannot grow the database (or bury real requests) without limit.
+        limit = gateway.settings.max_pending_users
+        if await count_pending_users(session) >= limit and await has_users(session):
+            raise ServiceUnavailable(
+                f"registration is closed for now: {limit} accounts are already waiting for "
+                "an admin's approval (MLX_MANAGER_MAX_PENDING_USERS); ask an admin",
+                code="too_many_pending_users",
+            )
         user = await register_user(session, credentials.email, credentials.password)
     body = public_user(user)
     if user.status == "pending":

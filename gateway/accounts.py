@@ -55,9 +55,10 @@ async def register_user(
     """
     email = normalize_email(email)
     require_valid_password(password)
-    password_hash = await asyncio.to_thread(hash_password, password)
+    # Before Argon2: a taken email must cost a lookup, not tens of milliseconds of CPU.
     if await find_user_by_email(session, email) is not None:
         raise Conflict("a user with this email already exists", code="user_exists")
+    password_hash = await asyncio.to_thread(hash_password, password)
 
     total = (await session.exec(select(func.count()).select_from(User))).one()
     if total == 0:
@@ -83,6 +84,15 @@ async def register_user(
         await session.rollback()
         raise Conflict("a user with this email already exists", code="user_exists") from exc
     return user
+
+
+async def has_users(session: AsyncSession) -> bool:
+    return (await session.exec(select(User.id).limit(1))).first() is not None
+
+
+async def count_pending_users(session: AsyncSession) -> int:
+    query = select(func.count()).select_from(User).where(User.status == "pending")
+    return (await session.exec(query)).one()
 
 
 async def check_password_login(session: AsyncSession, email: str, password: str) -> User | None:

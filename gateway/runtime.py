@@ -20,7 +20,7 @@ from gateway.db import create_engine, migrate, session_factory
 from gateway.metrics import Metrics
 from gateway.serving.manager import ServerManager
 from gateway.settings import Settings
-from gateway.throttle import LoginThrottle
+from gateway.throttle import AttemptLimit, LoginThrottle
 from gateway.usage import UsageRecorder
 
 log = logging.getLogger("mlx_manager")
@@ -33,6 +33,7 @@ class Gateway:
     sessions: async_sessionmaker[AsyncSession]
     authenticator: Authenticator
     login_throttle: LoginThrottle
+    register_throttle: AttemptLimit
     servers: ServerManager
     http: aiohttp.ClientSession
     usage: UsageRecorder
@@ -64,6 +65,11 @@ class Gateway:
                 settings.login_max_failures,
                 settings.login_max_failures_per_address,
                 settings.login_window_seconds,
+            ),
+            register_throttle=AttemptLimit(
+                settings.register_max_per_address,
+                settings.register_window_seconds,
+                "registrations",
             ),
             servers=servers,
             http=upstream_session(),

@@ -85,6 +85,9 @@ class Settings(BaseSettings):
     login_max_failures: Annotated[int, Field(ge=1, le=1000)] = 5
     login_window_seconds: Annotated[float, Field(gt=0, le=86400)] = 300
     login_max_failures_per_address: Annotated[int, Field(ge=1, le=100000)] = 50
+    register_max_per_address: Annotated[int, Field(ge=1, le=100000)] = 10
+    register_window_seconds: Annotated[float, Field(gt=0, le=86400)] = 3600
+    max_pending_users: Annotated[int, Field(ge=0, le=1_000_000)] = 100
 
     # The HTTP edge (gateway/edge.py): bounds on what a client may hold before the app runs.
     max_header_bytes: Annotated[int, Field(ge=1024, le=1024 * 1024)] = 32 * 1024

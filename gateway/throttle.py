@@ -1,4 +1,5 @@
-"""Login throttling: failed attempts per email and per client address in a sliding window.
+"""Sign-in and registration throttling: attempts per email and per client address in a
+sliding window.
 
 Checked before any password hashing, so a flood of guesses costs us a dict lookup, not Argon2.
 In memory on purpose: one gateway process owns the door.
@@ -57,3 +58,39 @@ class LoginThrottle:
         if len(self._failures) > 100_000:  # bound memory under a spray of unique emails
             self._failures = {k: v for k, v in self._failures.items() if v}
         return times
+
+
+class AttemptLimit:
+    """At most `limit` attempts per key (a client address) in a sliding window, counted
+    whatever their outcome: registration costs Argon2 even when it succeeds."""
+
+    def __init__(
+        self,
+        limit: int,
+        window_seconds: float,
+        what: str,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._limit = limit
+        self._window = window_seconds
+        self._what = what
+        self._clock = clock
+        self._attempts: dict[str, deque[float]] = {}
+
+    def hit(self, key: str) -> None:
+        """Count one attempt, or raise 429 with Retry-After when the key is over its limit."""
+        now = self._clock()
+        times = self._attempts.setdefault(key, deque())
+        while times and times[0] <= now - self._window:
+            times.popleft()
+        if len(times) >= self._limit:
+            retry_after = max(1, math.ceil(times[0] + self._window - now))
+            raise TooManyRequests(
+                f"too many {self._what} from this address; try again in {retry_after} seconds",
+                headers={"Retry-After": str(retry_after)},
+            )
+        times.append(now)
+        if len(self._attempts) > 100_000:  # bound memory under a spray of addresses
+            self._attempts = {
+                k: v for k, v in self._attempts.items() if v and v[-1] > now - self._window
+            }

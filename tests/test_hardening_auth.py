@@ -6,6 +6,8 @@ from __future__ import annotations
 import httpx
 import pytest
 
+import gateway.accounts
+import gateway.passwords
 from gateway.hosts import HostAllowlistMiddleware, default_allowed_hosts, host_name
 from tests.conftest import bearer, make_settings, register_and_login
 from tests.support.gateway import running_gateway
@@ -149,3 +151,92 @@ def test_a_wildcard_bind_allows_this_machines_addresses_but_not_strangers():
     assert middleware.allows("localhost:8080")
     assert not middleware.allows("rebind.attacker.example")
     assert default_allowed_hosts("192.0.2.7") == ["localhost", "127.0.0.1", "::1", "192.0.2.7"]
+
+
+# --- registration floods -------------------------------------------------------------------
+
+
+async def register(http: httpx.AsyncClient, email: str) -> httpx.Response:
+    return await http.post("/api/auth/register", json={"email": email, "password": "long-password"})
+
+
+async def test_registrations_are_throttled_per_address(tmp_path):
+    settings = make_settings(tmp_path / "home", register_max_per_address=3)
+    async with (
+        running_gateway(settings) as handle,
+        httpx.AsyncClient(base_url=handle.url, trust_env=False) as http,
+    ):
+        answers = [
+            await register(http, "a@example.com"),
+            await register(http, "a@example.com"),  # a refused attempt counts too
+            await register(http, "b@example.com"),
+        ]
+        assert [r.status_code for r in answers] == [201, 409, 201]
+        over = await register(http, "c@example.com")
+        assert over.status_code == 429, over.text
+        assert over.json()["code"] == "rate_limited"
+        assert 1 <= int(over.headers["retry-after"]) <= 3600
+        # Nothing was created by the refused attempt.
+        token = await login_token(http, "a@example.com")
+        users = await http.get("/api/users", headers=bearer(token))
+        assert sorted(u["email"] for u in users.json()) == ["a@example.com", "b@example.com"]
+
+
+async def login_token(http: httpx.AsyncClient, email: str) -> str:
+    response = await http.post(
+        "/api/auth/login", json={"email": email, "password": "long-password"}
+    )
+    assert response.status_code == 200, response.text
+    token: str = response.json()["access_token"]
+    return token
+
+
+async def test_a_taken_email_is_refused_before_any_hashing(
+    client: httpx.AsyncClient, monkeypatch: pytest.MonkeyPatch
+):
+    hashed: list[str] = []
+    real = gateway.passwords.hash_password
+
+    def counting(password: str) -> str:
+        hashed.append(password)
+        return real(password)
+
+    monkeypatch.setattr(gateway.accounts, "hash_password", counting)
+    assert (await register(client, "taken@example.com")).status_code == 201
+    assert len(hashed) == 1
+    again = await register(client, "TAKEN@example.com")
+    assert again.status_code == 409
+    assert len(hashed) == 1
+
+
+async def test_pending_accounts_are_bounded(tmp_path):
+    settings = make_settings(tmp_path / "home", max_pending_users=2)
+    async with (
+        running_gateway(settings) as handle,
+        httpx.AsyncClient(base_url=handle.url, trust_env=False) as http,
+    ):
+        assert (await register(http, "admin@example.com")).status_code == 201
+        pending = [await register(http, f"p{i}@example.com") for i in range(2)]
+        assert [r.status_code for r in pending] == [201, 201]
+        over = await register(http, "p2@example.com")
+        assert over.status_code == 503, over.text
+        assert over.json()["code"] == "too_many_pending_users"
+        assert "MLX_MANAGER_MAX_PENDING_USERS" in over.json()["detail"]
+        # An admin's decision frees a place.
+        token = await login_token(http, "admin@example.com")
+        user_id = pending[0].json()["id"]
+        approved = await http.patch(
+            f"/api/users/{user_id}", json={"status": "approved"}, headers=bearer(token)
+        )
+        assert approved.status_code == 200
+        assert (await register(http, "p2@example.com")).status_code == 201
+
+
+async def test_no_pending_accounts_allowed_still_lets_the_first_admin_in(tmp_path):
+    settings = make_settings(tmp_path / "home", max_pending_users=0)
+    async with (
+        running_gateway(settings) as handle,
+        httpx.AsyncClient(base_url=handle.url, trust_env=False) as http,
+    ):
+        assert (await register(http, "admin@example.com")).status_code == 201
+        assert (await register(http, "other@example.com")).status_code == 503
