@@ -13,6 +13,7 @@ thread (`asyncio.to_thread`) on the event loop: they read files.
 from __future__ import annotations
 
 import json
+import os
 import re
 import struct
 from collections.abc import Collection
@@ -69,6 +70,8 @@ REASONING_PARSERS: frozenset[str] = frozenset(
 
 MLX_ORGANIZATIONS = frozenset({"mlx-community", "lmstudio-community-mlx", "mlx-vision"})
 MAX_SAFETENSORS_HEADER = 64 * 1024 * 1024
+# The weight formats MLX loads (see `weights_bytes`).
+WEIGHT_SUFFIXES = (".safetensors", ".npz", ".gguf")
 CONTEXT_KEYS = (
     "max_position_embeddings",
     "max_sequence_length",
@@ -216,7 +219,7 @@ def describe_model(folder: Path, repo_id: str | None = None) -> ModelCharacteris
         dtype=_str(config.get("torch_dtype") or config.get("dtype")),
         context_length=None if kind in ("whisper", "image") else _context_length(config),
         is_mlx=_is_mlx(folder, config, repo_id),
-        weights_bytes=_weights_bytes(folder),
+        weights_bytes=weights_bytes(folder),
         has_chat_template=_has_chat_template(folder),
         needs_remote_code=bool(config.get("auto_map")),
     )
@@ -397,14 +400,32 @@ def _safetensors_metadata(path: Path) -> dict[str, str]:
     return {str(k): str(v) for k, v in metadata.items()} if isinstance(metadata, dict) else {}
 
 
-def _weights_bytes(folder: Path) -> int:
+def weights_bytes(folder: Path) -> int:
+    """Bytes of the weight files MLX loads from `folder`: the one rule for "how big is it".
+
+    The scheduler's memory estimate and the size the admin page shows both come from here, so
+    they cannot disagree. The rule, for MLX model folders:
+    - the whole tree is walked, not just the top level: image models (mflux) keep their weights
+      in `transformer/`, `vae/`, `text_encoder/` subfolders, and they are mapped too;
+    - only formats MLX loads count (`.safetensors`, MLX whisper's `.npz`, `.gguf`); a PyTorch
+      `.bin`/`.pt`/`.pth` is never loaded by mlx-openai-server, and a repo that ships one next to
+      its safetensors would otherwise be counted twice;
+    - the HF cache's symlinks are followed (a snapshot holds links to `blobs/`), and a file
+      reached twice (two links to one blob) counts once.
+    """
     total = 0
-    for pattern in ("*.safetensors", "*.npz", "*.bin", "*.gguf"):
-        for path in folder.glob(pattern):
+    seen: set[tuple[int, int]] = set()
+    for root, _dirs, files in os.walk(folder, followlinks=True):
+        for name in files:
+            if not name.endswith(WEIGHT_SUFFIXES):
+                continue
             try:
-                total += path.stat().st_size
+                info = (Path(root) / name).stat()
             except OSError:
                 continue
+            if (info.st_dev, info.st_ino) not in seen:
+                seen.add((info.st_dev, info.st_ino))
+                total += info.st_size
     return total
 
 

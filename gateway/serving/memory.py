@@ -5,18 +5,17 @@ psutil calls here are blocking; callers on the event loop run them with `asyncio
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
 import psutil
 
+from gateway.hub.model_info import weights_bytes
 from gateway.settings import Settings
 from gateway.types import GIB
 
 # Weights are mapped in full, plus KV cache, activations and the runtime itself.
 WEIGHT_OVERHEAD = 1.2
-WEIGHT_SUFFIXES = (".safetensors", ".bin", ".npz", ".gguf", ".pt", ".pth")
 
 
 def total_memory_bytes() -> int:
@@ -31,21 +30,11 @@ def cap_bytes(settings: Settings, total: int | None = None) -> int:
     return int(total * settings.max_memory_percent / 100)
 
 
-def weights_bytes(folder: Path) -> int:
-    """Bytes of weight files under a model folder (following the HF cache's symlinks)."""
-    total = 0
-    for root, _dirs, files in os.walk(folder, followlinks=True):
-        for name in files:
-            if name.endswith(WEIGHT_SUFFIXES):
-                try:
-                    total += (Path(root) / name).stat().st_size
-                except OSError:
-                    continue
-    return total
-
-
 def estimate_need_bytes(memory_gb: float | None, model_folder: Path | None) -> int:
-    """The operator's word when given; else weights x 1.2; else 0 (unknown, e.g. a command)."""
+    """The operator's word when given; else weights x 1.2; else 0 (unknown, e.g. a command).
+
+    `weights_bytes` is the same function the model listing reports, so the two always agree.
+    """
     if memory_gb is not None:
         return int(memory_gb * GIB)
     if model_folder is None or not model_folder.is_dir():
