@@ -329,10 +329,23 @@ def looks_like_repo_id(value: str) -> bool:
     return bool(_REPO_ID.match(value)) and not value.startswith(("./", "../"))
 
 
+def find_cached_snapshot(repo_id: str, cache_dir: Path | None) -> Path | None:
+    """Where `repo_id` is in the HF cache: the one lookup behind every "where is this model".
+
+    Profiles, JIT profiles, the scheduler's estimate and launches all find a model here, so they
+    cannot disagree about which folder (or whether there is one):
+    - case: the repo folder is the one the cache spells, matched exactly first, then
+      case-insensitively (clients lowercase ids; the cache keeps the hub's spelling);
+    - revision: `preferred_snapshot` (`refs/main`'s when complete, else the newest complete).
+    """
+    folder = find_repo_folder(cache_dir or default_cache_dir(), repo_id)
+    return None if folder is None else preferred_snapshot(folder)
+
+
 def resolve_model_folder(model_path: str, cache_dir: Path | None) -> Path | None:
     """The folder to load: the path itself when it is a folder, else the repo's cached snapshot.
 
-    Never touches the network (local_files_only), so a missing model is reported, not fetched.
+    Never touches the network, so a missing model is reported, not fetched.
     """
     if not model_path:
         return None
@@ -341,15 +354,4 @@ def resolve_model_folder(model_path: str, cache_dir: Path | None) -> Path | None
         return local.resolve()
     if not looks_like_repo_id(model_path):
         return None
-    from huggingface_hub import snapshot_download
-    from huggingface_hub.errors import HFValidationError, LocalEntryNotFoundError
-
-    try:
-        folder = snapshot_download(
-            model_path,
-            cache_dir=str(cache_dir) if cache_dir else None,
-            local_files_only=True,
-        )
-    except (LocalEntryNotFoundError, HFValidationError, OSError, ValueError):
-        return None
-    return Path(folder)
+    return find_cached_snapshot(model_path, cache_dir)

@@ -166,8 +166,11 @@ class LocalCatalog:
             return self._models
 
     async def get(self, repo_id: str) -> LocalModel | None:
+        """The case rule of `find_cached_snapshot`: the cache's spelling first, then any case."""
+        models = await self.models()
+        exact = next((m for m in models if m.repo_id == repo_id), None)
         wanted = repo_id.lower()
-        return next((m for m in await self.models() if m.repo_id.lower() == wanted), None)
+        return exact or next((m for m in models if m.repo_id.lower() == wanted), None)
 
     async def complete_ids(self) -> set[str]:
         """Lower-cased ids of the models that have a complete snapshot."""

@@ -21,7 +21,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from gateway.hub.cache import default_cache_dir, find_repo_folder, preferred_snapshot
+from gateway.hub.cache import find_cached_snapshot
 from gateway.types import ModelType
 
 Kind = Literal["lm", "multimodal", "embeddings", "whisper", "image"]
@@ -524,18 +524,13 @@ def find_cached_mlx_model(model_id: str, cache_dir: Path | None) -> Path | None:
     """The snapshot folder of `model_id` ("org/name") if it is a complete MLX model in the
     local cache, else None. Never touches the network.
 
-    The name is matched case-insensitively (clients lowercase ids), and a snapshot that a
+    Found by `find_cached_snapshot` (the one case and revision rule), so a snapshot that a
     download is still filling (its tree listing names files that are missing) does not count.
     """
-    cache = cache_dir or default_cache_dir()
-    repo_folder = find_repo_folder(cache, model_id)
-    if repo_folder is None:
-        return None
-    snapshot = preferred_snapshot(repo_folder)
+    snapshot = find_cached_snapshot(model_id, cache_dir)
     if snapshot is None:
         return None
-    repo_id = repo_folder.name.removeprefix("models--").replace("--", "/")
-    if not describe_model(snapshot, repo_id).is_mlx:
+    if not describe_model(snapshot, repo_id_from_snapshot(snapshot)).is_mlx:
         return None
     return snapshot
 

@@ -15,8 +15,13 @@ from pathlib import Path
 import httpx
 import pytest
 
-from gateway.hub.cache import write_ref, write_tree_listing
-from gateway.hub.model_info import weights_bytes
+from gateway.hub.cache import (
+    find_cached_snapshot,
+    resolve_model_folder,
+    write_ref,
+    write_tree_listing,
+)
+from gateway.hub.model_info import find_cached_mlx_model, weights_bytes
 from gateway.serving.memory import WEIGHT_OVERHEAD, estimate_need_bytes
 from gateway.settings import Settings
 from tests.conftest import bearer, make_settings
@@ -69,6 +74,38 @@ def test_weights_count_what_mlx_loads_in_every_subfolder_once(tmp_path: Path) ->
     assert estimate_need_bytes(2.0, snapshot) == 2 * 1024**3  # the operator's word wins
 
 
+# ---- where is the model -----------------------------------------------------------------------
+
+
+def test_every_lookup_finds_the_same_snapshot_in_any_case(tmp_path: Path) -> None:
+    cache = tmp_path / "cache"
+    snapshot = cached_snapshot(cache, REPO, "a" * 40, FILES)
+    write_ref(snapshot.parent.parent, "main", "a" * 40)
+    for asked in (REPO, REPO.lower(), REPO.upper().replace("ACME", "acme")):
+        assert find_cached_snapshot(asked, cache) == snapshot
+        assert resolve_model_folder(asked, cache) == snapshot
+        assert find_cached_mlx_model(asked, cache) == snapshot
+    assert resolve_model_folder("acme/Other", cache) is None
+    assert find_cached_snapshot("../acme/Mixed-Weights-4bit", cache) is None
+
+
+def test_every_lookup_skips_a_main_that_is_still_downloading(tmp_path: Path) -> None:
+    cache = tmp_path / "cache"
+    older = cached_snapshot(cache, REPO, "a" * 40, FILES)
+    cached_snapshot(cache, REPO, "b" * 40, FILES, missing=1)
+    write_ref(older.parent.parent, "main", "b" * 40)  # main moved on; its files are arriving
+    assert find_cached_snapshot(REPO.lower(), cache) == older
+    assert resolve_model_folder(REPO, cache) == older
+    assert find_cached_mlx_model(REPO, cache) == older
+
+
+def test_a_repo_with_no_complete_snapshot_is_not_found(tmp_path: Path) -> None:
+    cache = tmp_path / "cache"
+    cached_snapshot(cache, REPO, "b" * 40, FILES, missing=2)
+    assert find_cached_snapshot(REPO, cache) is None
+    assert resolve_model_folder(REPO, cache) is None
+
+
 # ---- through the API: the page's size and the scheduler's estimate ---------------------------
 
 
@@ -86,14 +123,15 @@ async def test_the_listed_size_and_the_scheduler_estimate_agree(
     snapshot = cached_snapshot(cache_dir, REPO, "a" * 40, FILES)
     write_ref(snapshot.parent.parent, "main", "a" * 40)
 
-    listed = await client.get(f"/api/models/local/{REPO}", headers=bearer(admin_token))
+    listed = await client.get(f"/api/models/local/{REPO.lower()}", headers=bearer(admin_token))
     assert listed.status_code == 200, listed.text
     model = listed.json()
     assert model["id"] == REPO
     assert model["path"] == str(snapshot)
     assert model["characteristics"]["weights_bytes"] == MLX_WEIGHTS
 
-    body = {"name": "mixed", "model_path": REPO}
+    # A client's lowercase id finds the same folder, and the estimate reads the same weights.
+    body = {"name": "mixed", "model_path": REPO.lower()}
     created = await client.post("/api/profiles", json=body, headers=bearer(admin_token))
     assert created.status_code == 201, created.text
     assert created.json()["need_bytes"] == int(MLX_WEIGHTS * WEIGHT_OVERHEAD)
