@@ -92,5 +92,22 @@ async def login(client: httpx.AsyncClient, email: str, password: str) -> str:
     return token
 
 
+async def approved_user(
+    client: httpx.AsyncClient,
+    admin_token: str,
+    email: str = "user@example.com",
+    password: str = "user-password",
+) -> tuple[int, str]:
+    """Register a user, approve it as the admin, and log it in: its id and token."""
+    response = await client.post("/api/auth/register", json={"email": email, "password": password})
+    assert response.status_code == 201, response.text
+    user_id: int = response.json()["id"]
+    response = await client.patch(
+        f"/api/users/{user_id}", json={"status": "approved"}, headers=bearer(admin_token)
+    )
+    assert response.status_code == 200, response.text
+    return user_id, await login(client, email, password)
+
+
 def bearer(token: str) -> dict[str, str]:
     return {"Authorization": f"Bearer {token}"}

@@ -10,25 +10,12 @@ import pytest
 from gateway.errors import Unauthorized
 from gateway.tables import ApiKey
 from gateway.tokens import hash_api_key
-from tests.conftest import bearer, login
+from tests.conftest import approved_user, bearer
 from tests.support.gateway import GatewayHandle
 
 
 async def create_key(client: httpx.AsyncClient, token: str, **body: object) -> httpx.Response:
     return await client.post("/api/keys", json={"name": "sdk", **body}, headers=bearer(token))
-
-
-async def approved_user(
-    client: httpx.AsyncClient, admin_token: str, email: str, password: str
-) -> tuple[int, str]:
-    response = await client.post("/api/auth/register", json={"email": email, "password": password})
-    assert response.status_code == 201, response.text
-    user_id: int = response.json()["id"]
-    response = await client.patch(
-        f"/api/users/{user_id}", json={"status": "approved"}, headers=bearer(admin_token)
-    )
-    assert response.status_code == 200, response.text
-    return user_id, await login(client, email, password)
 
 
 async def me(client: httpx.AsyncClient, token: str) -> httpx.Response:

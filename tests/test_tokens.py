@@ -20,7 +20,7 @@ from gateway.tokens import (
     new_api_key,
     read_access_token,
 )
-from tests.conftest import TEST_SECRET, bearer, login
+from tests.conftest import TEST_SECRET, approved_user, bearer, login
 
 ADMIN = ("admin@example.com", "admin-password")
 OTHER_SECRET = "another-secret-that-is-long-enough-" + "y" * 20
@@ -56,19 +56,6 @@ def sign(payload: dict[str, Any], secret: str = TEST_SECRET, algorithm: str = "H
         # HS512 with our 52-byte test secret is "short" for PyJWT; the forgery is the point.
         warnings.simplefilter("ignore", jwt.InsecureKeyLengthWarning)
         return jwt.encode(payload, secret, algorithm=algorithm)
-
-
-async def approved_user(
-    client: httpx.AsyncClient, admin_token: str, email: str, password: str
-) -> tuple[int, str]:
-    response = await client.post("/api/auth/register", json={"email": email, "password": password})
-    assert response.status_code == 201, response.text
-    user_id: int = response.json()["id"]
-    response = await client.patch(
-        f"/api/users/{user_id}", json={"status": "approved"}, headers=bearer(admin_token)
-    )
-    assert response.status_code == 200, response.text
-    return user_id, await login(client, email, password)
 
 
 async def me_status(client: httpx.AsyncClient, token: str) -> int:

@@ -7,7 +7,7 @@ import pytest
 from sqlmodel import select
 
 from gateway.tables import ApiKey
-from tests.conftest import bearer, login
+from tests.conftest import approved_user, bearer, login
 from tests.support.gateway import GatewayHandle
 
 ADMIN = ("admin@example.com", "admin-password")
@@ -24,15 +24,6 @@ async def patch(
     client: httpx.AsyncClient, token: str, user_id: int, **changes: object
 ) -> httpx.Response:
     return await client.patch(f"/api/users/{user_id}", json=changes, headers=bearer(token))
-
-
-async def approved_user(
-    client: httpx.AsyncClient, admin_token: str, email: str, password: str
-) -> tuple[int, str]:
-    user_id = await register(client, email, password)
-    response = await patch(client, admin_token, user_id, status="approved")
-    assert response.status_code == 200, response.text
-    return user_id, await login(client, email, password)
 
 
 async def me(client: httpx.AsyncClient, token: str) -> httpx.Response:
