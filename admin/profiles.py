@@ -7,6 +7,7 @@ a server that fails on the first user request.
 from __future__ import annotations
 
 import asyncio
+from pathlib import Path
 from typing import Annotated, Any
 
 from pydantic import Field, field_validator
@@ -22,6 +23,7 @@ from gateway.auth import Principal, require_admin, require_user
 from gateway.errors import Conflict, NotFound, Unprocessable
 from gateway.http import read_model
 from gateway.hub.cache import resolve_model_folder
+from gateway.hub.model_info import Kind, describe_model
 from gateway.runtime import Gateway, gateway_of
 from gateway.serving.launch import BackendUnavailable, build_command
 from gateway.tables import ServerProfile
@@ -203,11 +205,44 @@ async def _validate(gateway: Gateway, profile: ServerProfile) -> None:
             "repo in the Hugging Face cache; download it first (POST /api/downloads)",
             param="model_path",
         )
+    await _check_kind(profile, folder)
     try:
         backend = await gateway.servers.backend_info()
     except BackendUnavailable:
         return  # checked again at start, where the error reaches whoever asked
     build_command(profile, port=profile.port or 1, model_folder=str(folder), backend=backend)
+
+
+# The profile kinds that load a model of each kind `describe_model` recognises.
+FITTING_TYPES: dict[Kind, tuple[ModelType, ...]] = {
+    "lm": ("lm",),
+    "multimodal": ("multimodal",),
+    "embeddings": ("embeddings",),
+    "whisper": ("whisper",),
+    "image": ("image-generation", "image-edit"),
+}
+
+
+async def _check_kind(profile: ServerProfile, folder: Path) -> None:
+    """An `embeddings` profile loads the model with mlx-embeddings, which refuses any other
+    architecture; say so at save time, not at the first request. Only when the folder says
+    what it holds (a config with a model_type or architectures, or sentence-transformers
+    files): a model that says nothing is left to the start to judge."""
+    if profile.model_type != "embeddings":
+        return
+    model = await asyncio.to_thread(describe_model, folder)
+    if model.kind == "embeddings" or not (model.model_type or model.architectures):
+        return
+    what = model.model_type or ", ".join(model.architectures)
+    fits = ", ".join(FITTING_TYPES[model.kind])
+    raise Unprocessable(
+        f"model_path {profile.model_path!r} is a {model.kind} model ({what!r} in its "
+        "config.json), which the embeddings loader cannot load; model_type 'embeddings' needs "
+        f"an embedding model (BERT, XLM-RoBERTa, ModernBERT, a sentence-transformers folder). "
+        f"The model_type that fits: {fits}",
+        param="model_type",
+        code="model_type_mismatch",
+    )
 
 
 routes = [
