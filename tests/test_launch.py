@@ -24,7 +24,7 @@ from gateway.serving.launch import (
 )
 from gateway.tables import ServerProfile
 from tests.conftest import make_settings
-from tests.support.servers import (
+from tests.support.fake_backend import (
     BACKEND_HELP,
     BACKEND_VERSION,
     REASONING_PARSERS,

@@ -28,7 +28,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from gateway.db import create_engine, session_factory
 from gateway.serving.process import kill_recorded_process
 from gateway.tables import RunningInstance
-from tests.support.servers import (
+from tests.support.env import (
     ADMIN_EMAIL,
     ADMIN_PASSWORD,
     env_settings,
@@ -36,9 +36,9 @@ from tests.support.servers import (
     process_alive,
     process_gone,
     stub_command,
-    wait_until,
 )
 from tests.support.stub_server import free_port, read_events
+from tests.support.waiting import wait_until
 
 SECRET = "orphan-test-secret-" + "s" * 40
 
@@ -193,7 +193,7 @@ async def test_a_gateway_killed_with_sigkill_leaves_no_unknown_server_running(tm
 async def test_a_recorded_pid_with_another_start_time_is_not_killed(tmp_path, cleanup):
     settings = env_settings(tmp_path)
     async with gateway_env(tmp_path, settings) as env:
-        profile_id = (await env.create_profile("ghost"))["id"]
+        profile_id = (await env.add_stub("ghost"))["id"]
 
     # A process that happens to have a recorded pid (reused), and a real orphan.
     unrelated = subprocess.Popen(["sleep", "60"], start_new_session=True)

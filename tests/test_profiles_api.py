@@ -13,20 +13,17 @@ from pathlib import Path
 
 import pytest
 
-from tests.support.servers import (
-    BACKEND_VERSION,
+from tests.support.env import (
     Env,
-    approved_user,
     env_settings,
-    fake_backend,
-    fake_hf_cache,
     gateway_env,
     process_gone,
     sse_data,
     stream_contents,
     stub_command,
-    wait_until,
 )
+from tests.support.fake_backend import BACKEND_VERSION, fake_backend, fake_hf_cache
+from tests.support.waiting import wait_until
 
 CACHED_REPO = "acme/tiny-chat"
 
@@ -225,7 +222,7 @@ async def test_a_choice_the_installed_server_lacks_is_refused(env, model_folder)
 async def test_a_non_admin_can_read_but_not_write(env):
     created = await post(env, {"name": "shared", "command": stub_command()})
     profile_id = created.json()["id"]
-    token = await approved_user(env)
+    token = (await env.new_user()).token
 
     listed = await env.http.get("/api/profiles", headers={"Authorization": f"Bearer {token}"})
     assert listed.status_code == 200
@@ -257,7 +254,7 @@ async def test_unknown_profile_ids_are_404(env):
 
 
 async def test_patching_a_running_profile_restarts_its_server_with_the_new_settings(env):
-    await env.create_profile("live", "--chunks", "2")
+    await env.add_stub("live", "--chunks", "2")
     old = await env.start("live")
 
     command = [*env.profiles["live"]["command"][:-2], "--chunks", "3"]
@@ -277,7 +274,7 @@ async def test_patching_a_running_profile_restarts_its_server_with_the_new_setti
 
 
 async def test_patching_a_stopped_profile_does_not_start_it(env):
-    await env.create_profile("idle")
+    await env.add_stub("idle")
     response = await patch(env, env.profile_id("idle"), {"pinned": True})
     assert response.status_code == 200, response.text
     assert response.json()["pinned"] is True
@@ -286,8 +283,8 @@ async def test_patching_a_stopped_profile_does_not_start_it(env):
 
 
 async def test_deleting_a_running_profile_stops_its_server_and_removes_the_model(env):
-    await env.create_profile("doomed", aliases=["doomed-alias"])
-    await env.create_profile("kept")
+    await env.add_stub("doomed", aliases=["doomed-alias"])
+    await env.add_stub("kept")
     pid = (await env.start("doomed"))["pid"]
     models = (await env.http.get("/v1/models", headers=env.auth)).json()["data"]
     assert {m["id"] for m in models} == {"doomed", "doomed-alias", "kept"}
@@ -311,7 +308,7 @@ async def test_deleting_a_running_profile_stops_its_server_and_removes_the_model
 
 
 async def test_models_lists_names_and_aliases_with_their_state(env):
-    await env.create_profile("m1", aliases=["m1-fast"])
+    await env.add_stub("m1", aliases=["m1-fast"])
     await env.start("m1")
     response = await env.http.get("/v1/models", headers=env.auth)
     assert response.status_code == 200

@@ -11,7 +11,7 @@ from gateway.errors import Unprocessable
 from gateway.serving.launch import build_command, parse_help
 from gateway.tables import ServerProfile
 from tests.conftest import bearer
-from tests.support.servers import approved_user, gateway_env, stub_command
+from tests.support.env import gateway_env, stub_command
 
 HELP = """Usage: mlx-openai-server launch [OPTIONS]
   --model-path TEXT
@@ -25,8 +25,8 @@ HELP = """Usage: mlx-openai-server launch [OPTIONS]
 
 async def test_two_starts_at_once_never_share_a_port(tmp_path: Path) -> None:
     async with gateway_env(tmp_path) as env:
-        await env.create_profile("a", "--name", "a")
-        await env.create_profile("b", "--name", "b", "--startup-delay", "1")
+        await env.add_stub("a", "--name", "a")
+        await env.add_stub("b", "--name", "b", "--startup-delay", "1")
         a, b = env.managed("a"), env.managed("b")
         await asyncio.gather(env.manager.start(a), env.manager.start(b))
         assert a.port != b.port
@@ -51,8 +51,8 @@ async def test_concurrent_creates_of_one_name_give_one_profile_and_a_409(tmp_pat
 
 async def test_profile_env_values_are_hidden_from_non_admins_and_keys(tmp_path: Path) -> None:
     async with gateway_env(tmp_path) as env:
-        await env.create_profile("secretive", env={"HF_TOKEN": "hf_supersecret"})
-        user = await approved_user(env)
+        await env.add_stub("secretive", env={"HF_TOKEN": "hf_supersecret"})
+        user = (await env.new_user()).token
         for token in (user,):
             listed = (await env.http.get("/api/profiles", headers=bearer(token))).json()
             assert listed[0]["env"] == {"HF_TOKEN": "***"}

@@ -21,12 +21,12 @@ import httpx
 import pytest
 import pytest_asyncio
 
-from tests.support.proxy import (
-    ProxyEnv,
-    chat,
+from tests.support.env import (
+    Env,
+    chat_body,
+    gateway_env,
     normalized,
-    proxy_env,
-    sse_payloads,
+    sse_data,
 )
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
@@ -39,8 +39,8 @@ CHUNKS = 5
 
 
 @pytest_asyncio.fixture(scope="module", loop_scope="module")
-async def env(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[ProxyEnv]:
-    async with proxy_env(tmp_path_factory.mktemp("streaming")) as env:
+async def env(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Env]:
+    async with gateway_env(tmp_path_factory.mktemp("streaming")) as env:
         await env.add_stub(FAST, "--chunks", str(CHUNKS))
         await env.add_stub(SLOW, "--chunks", str(CHUNKS), "--chunk-delay", "0.2")
         await env.add_stub(HELD, "--chunks", "200", "--chunk-delay", "0.05")
@@ -53,10 +53,10 @@ def rid() -> str:
 
 
 def stream_body(model: str, **extra: Any) -> dict[str, Any]:
-    return chat(model, "tell me a story", stream=True, **extra)
+    return chat_body(model, "tell me a story", stream=True, **extra)
 
 
-async def direct(env: ProxyEnv, name: str, path: str, body: dict[str, Any]) -> bytes:
+async def direct(env: Env, name: str, path: str, body: dict[str, Any]) -> bytes:
     """The same request straight to the profile's model server, bypassing the gateway."""
     server = await env.wait_server(name, lambda s: s["state"] == "ready", "ready")
     async with httpx.AsyncClient(trust_env=False, timeout=30) as http:
@@ -65,7 +65,7 @@ async def direct(env: ProxyEnv, name: str, path: str, body: dict[str, Any]) -> b
     return response.content
 
 
-async def through(env: ProxyEnv, path: str, body: dict[str, Any]) -> httpx.Response:
+async def through(env: Env, path: str, body: dict[str, Any]) -> httpx.Response:
     response = await env.post(path, body)
     assert response.status_code == 200, response.text
     return response
@@ -74,7 +74,7 @@ async def through(env: ProxyEnv, path: str, body: dict[str, Any]) -> httpx.Respo
 # ---- chunk by chunk --------------------------------------------------------------------------
 
 
-async def test_the_first_chunk_arrives_before_the_stub_sends_the_last(env: ProxyEnv):
+async def test_the_first_chunk_arrives_before_the_stub_sends_the_last(env: Env):
     """With a chunk every 200 ms, the first content chunk reaches the client while the stub
     has not finished: its events file has no `stream_done` for this request yet."""
     request_id = rid()
@@ -99,7 +99,7 @@ async def test_the_first_chunk_arrives_before_the_stub_sends_the_last(env: Proxy
     assert done["chunks_sent"] == CHUNKS
 
 
-async def test_the_openai_sdk_streams_through_the_gateway(env: ProxyEnv):
+async def test_the_openai_sdk_streams_through_the_gateway(env: Env):
     key = await env.new_key()
     async with env.openai(key.secret) as client:
         stream = await client.chat.completions.create(
@@ -134,7 +134,7 @@ STREAMS = [
     STREAMS,
     ids=["chat", "chat-usage", "completions", "completions-usage", "responses"],
 )
-async def test_stream_bytes_equal_the_direct_stream(env: ProxyEnv, path: str, body: dict[str, Any]):
+async def test_stream_bytes_equal_the_direct_stream(env: Env, path: str, body: dict[str, Any]):
     gateway = await through(env, path, body)
     upstream = await direct(env, FAST, path, body)
     assert normalized(gateway.content) == normalized(upstream)
@@ -147,7 +147,7 @@ async def test_stream_bytes_equal_the_direct_stream(env: ProxyEnv, path: str, bo
         assert gateway.content.rstrip().splitlines()[-2] == b"event: response.completed"
 
 
-async def test_stream_headers_are_set_exactly_once(env: ProxyEnv):
+async def test_stream_headers_are_set_exactly_once(env: Env):
     response = await through(env, "/v1/chat/completions", stream_body(FAST))
     assert response.headers.get_list("cache-control") == ["no-cache"]
     assert response.headers.get_list("x-accel-buffering") == ["no"]
@@ -155,7 +155,7 @@ async def test_stream_headers_are_set_exactly_once(env: ProxyEnv):
     assert response.headers["content-type"].startswith("text/event-stream")
 
 
-async def test_stream_headers_are_added_when_the_upstream_does_not_send_them(env: ProxyEnv):
+async def test_stream_headers_are_added_when_the_upstream_does_not_send_them(env: Env):
     response = await env.post(
         "/v1/chat/completions",
         {"model": ECHO, "stream": True},
@@ -170,10 +170,10 @@ async def test_stream_headers_are_added_when_the_upstream_does_not_send_them(env
     assert response.content == b'data: {"a": 1}\n\ndata: [DONE]\n\n'
 
 
-async def test_include_usage_passes_through(env: ProxyEnv):
+async def test_include_usage_passes_through(env: Env):
     body = stream_body(FAST, stream_options={"include_usage": True})
     response = await through(env, "/v1/chat/completions", body)
-    payloads = sse_payloads(response.content)
+    payloads = sse_data(response.content)
     assert payloads[-1] == "[DONE]"
     usage_chunk = json.loads(payloads[-2])
     assert usage_chunk["choices"] == []
@@ -189,8 +189,8 @@ async def test_include_usage_passes_through(env: ProxyEnv):
 # ---- in flight -------------------------------------------------------------------------------
 
 
-async def test_inflight_counts_an_open_stream_and_last_used_moves_at_its_end(env: ProxyEnv):
-    warm = await through(env, "/v1/chat/completions", chat(SLOW))  # start it, set last_used_at
+async def test_inflight_counts_an_open_stream_and_last_used_moves_at_its_end(env: Env):
+    warm = await through(env, "/v1/chat/completions", chat_body(SLOW))  # start it, set last_used_at
     assert warm.status_code == 200
     before = await env.wait_idle(SLOW)
     assert before["last_used_at"] is not None
@@ -214,7 +214,7 @@ async def test_inflight_counts_an_open_stream_and_last_used_moves_at_its_end(env
 # ---- the client goes away --------------------------------------------------------------------
 
 
-async def test_a_client_leaving_mid_stream_closes_the_upstream_stream(env: ProxyEnv):
+async def test_a_client_leaving_mid_stream_closes_the_upstream_stream(env: Env):
     request_id = rid()
     headers = {**env.auth, "x-request-id": request_id}
     async with (
@@ -238,7 +238,7 @@ async def test_a_client_leaving_mid_stream_closes_the_upstream_stream(env: Proxy
     await env.wait_idle(HELD)
 
 
-async def test_the_sdk_closing_a_stream_early_closes_the_upstream_stream(env: ProxyEnv):
+async def test_the_sdk_closing_a_stream_early_closes_the_upstream_stream(env: Env):
     key = await env.new_key()
     request_id = rid()
     async with env.openai(key.secret) as client:
@@ -256,14 +256,14 @@ async def test_the_sdk_closing_a_stream_early_closes_the_upstream_stream(env: Pr
     await env.wait_idle(HELD)
 
 
-async def test_a_client_abandoning_a_slow_answer_closes_the_upstream_request(env: ProxyEnv):
+async def test_a_client_abandoning_a_slow_answer_closes_the_upstream_request(env: Env):
     """Non-streaming: the client leaves while the model server is still working on it."""
     request_id = rid()
     client = httpx.AsyncClient(base_url=env.url, timeout=60, trust_env=False)
     pending = asyncio.ensure_future(
         client.post(
             "/v1/chat/completions",
-            json=chat(ECHO),
+            json=chat_body(ECHO),
             headers={**env.auth, "x-request-id": request_id, "x-echo-delay": "30"},
         )
     )
@@ -281,7 +281,7 @@ async def test_a_client_abandoning_a_slow_answer_closes_the_upstream_request(env
     assert (await env.usage_row(request_id)).status == 499  # nothing was sent: client gone
 
 
-async def test_concurrent_streams_each_count_in_flight(env: ProxyEnv):
+async def test_concurrent_streams_each_count_in_flight(env: Env):
     async with contextlib.AsyncExitStack() as stack:
         streams = [
             await stack.enter_async_context(

@@ -22,7 +22,7 @@ from openai.types.chat import ChatCompletionMessageParam
 from tests.conftest import bearer, make_settings
 from tests.support.backend import require_backend, tiny_model
 from tests.support.gateway import GatewayHandle, running_gateway
-from tests.support.servers import wait_until
+from tests.support.waiting import wait_until
 
 pytestmark = [pytest.mark.backend, pytest.mark.asyncio(loop_scope="module")]
 

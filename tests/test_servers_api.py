@@ -10,14 +10,9 @@ import json
 import socket
 from datetime import datetime
 
-from tests.support.servers import (
-    approved_user,
-    gateway_env,
-    process_alive,
-    process_gone,
-    wait_until,
-)
+from tests.support.env import gateway_env, process_alive, process_gone
 from tests.support.stub_server import free_port
+from tests.support.waiting import wait_until
 
 CONTRACT_FIELDS = {
     "profile_id",
@@ -35,8 +30,8 @@ CONTRACT_FIELDS = {
 
 async def test_servers_list_every_profile_with_the_contract_fields(tmp_path):
     async with gateway_env(tmp_path) as env:
-        await env.create_profile("first")
-        await env.create_profile("second")
+        await env.add_stub("first")
+        await env.add_stub("second")
         servers = await env.servers()
         assert [s["name"] for s in servers] == ["first", "second"]
         for server in servers:
@@ -72,7 +67,7 @@ async def test_servers_list_every_profile_with_the_contract_fields(tmp_path):
 
 async def test_inflight_counts_an_open_stream(tmp_path):
     async with gateway_env(tmp_path) as env:
-        await env.create_profile("s", "--chunk-delay", "0.1", "--chunks", "8")
+        await env.add_stub("s", "--chunk-delay", "0.1", "--chunks", "8")
         await env.start("s")
         async with env.stream("s") as stream:
             chunks = stream.aiter_text()
@@ -85,7 +80,7 @@ async def test_inflight_counts_an_open_stream(tmp_path):
 
 async def test_start_stop_and_restart(tmp_path):
     async with gateway_env(tmp_path) as env:
-        await env.create_profile("svc")
+        await env.add_stub("svc")
         first = await env.start("svc")
         again = await env.start("svc")  # already ready: same process
         assert again["pid"] == first["pid"]
@@ -126,8 +121,8 @@ async def test_unknown_server_ids_are_404(tmp_path):
 
 async def test_a_non_admin_reads_servers_but_cannot_start_or_stop_them(tmp_path):
     async with gateway_env(tmp_path) as env:
-        await env.create_profile("guarded")
-        token = await approved_user(env)
+        await env.add_stub("guarded")
+        token = (await env.new_user()).token
         headers = {"Authorization": f"Bearer {token}"}
         profile_id = env.profile_id("guarded")
         for action in ("start", "stop", "restart"):
@@ -149,7 +144,7 @@ async def test_a_non_admin_reads_servers_but_cannot_start_or_stop_them(tmp_path)
 
 async def test_logs_tail_holds_the_servers_own_lines(tmp_path):
     async with gateway_env(tmp_path) as env:
-        await env.create_profile("talker")
+        await env.add_stub("talker")
         await env.start("talker")
         for _ in range(3):
             assert (await env.chat("talker")).status_code == 200
@@ -173,7 +168,7 @@ async def test_logs_tail_holds_the_servers_own_lines(tmp_path):
 
 async def test_logs_followed_over_sse_deliver_new_lines(tmp_path):
     async with gateway_env(tmp_path) as env:
-        await env.create_profile("followed")
+        await env.add_stub("followed")
         await env.start("followed")
         url = f"/api/servers/{env.profile_id('followed')}/logs"
         headers = {**env.auth, "Accept": "text/event-stream"}
@@ -200,7 +195,7 @@ async def test_logs_followed_over_sse_deliver_new_lines(tmp_path):
 async def test_a_profile_port_is_used_and_a_busy_one_fails_the_start(tmp_path):
     async with gateway_env(tmp_path) as env:
         port = free_port()
-        await env.create_profile("fixed", port=port)
+        await env.add_stub("fixed", port=port)
         assert (await env.start("fixed"))["port"] == port
         await env.control("fixed", "stop")
 
@@ -218,7 +213,7 @@ async def test_a_fixed_port_profile_restarts_on_its_port(tmp_path):
     # The old server's connections linger in TIME_WAIT on that port: that is not "in use".
     async with gateway_env(tmp_path) as env:
         port = free_port()
-        await env.create_profile("fixed", port=port)
+        await env.add_stub("fixed", port=port)
         first = await env.start("fixed")
         assert (await env.chat("fixed")).status_code == 200
         response = await env.control("fixed", "restart")
@@ -234,8 +229,8 @@ async def test_busy_ports_are_skipped(tmp_path):
         holder.listen()
         busy = holder.getsockname()[1]
         async with gateway_env(tmp_path, default_port_start=busy) as env:
-            await env.create_profile("one")
-            await env.create_profile("two")
+            await env.add_stub("one")
+            await env.add_stub("two")
             one = await env.start("one")
             two = await env.start("two")
             assert busy not in (one["port"], two["port"])
@@ -245,7 +240,7 @@ async def test_busy_ports_are_skipped(tmp_path):
 
 async def test_acquire_and_release_are_the_proxys_interface(tmp_path):
     async with gateway_env(tmp_path) as env:
-        await env.create_profile("direct")
+        await env.add_stub("direct")
         manager = env.manager
         server = env.managed("direct")
         lease = await manager.acquire(server)

@@ -17,7 +17,7 @@ from sqlmodel import select
 
 from gateway.serving.logfiles import log_path, open_for_child, rotate_if_large, tail
 from gateway.tables import RunningInstance
-from tests.support.servers import (
+from tests.support.env import (
     Env,
     count_events,
     env_settings,
@@ -26,16 +26,16 @@ from tests.support.servers import (
     process_gone,
     sse_data,
     stream_contents,
-    wait_until,
 )
 from tests.support.stub_server import CRASH_EXIT_CODE, FATAL_LINE, TRIGGER_CRASH, read_events
+from tests.support.waiting import wait_until
 
 # ---- one start per profile -----------------------------------------------------------------------
 
 
 async def test_fifty_concurrent_acquires_on_a_cold_profile_launch_one_process(tmp_path):
     async with gateway_env(tmp_path) as env:
-        await env.create_profile("cold", "--startup-delay", "0.3")
+        await env.add_stub("cold", "--startup-delay", "0.3")
         manager = env.manager
         server = env.managed("cold")
 
@@ -54,7 +54,7 @@ async def test_fifty_concurrent_acquires_on_a_cold_profile_launch_one_process(tm
 
 async def test_fifty_concurrent_requests_on_a_cold_profile_launch_one_process(tmp_path):
     async with gateway_env(tmp_path) as env:
-        await env.create_profile("cold", "--startup-delay", "0.3")
+        await env.add_stub("cold", "--startup-delay", "0.3")
 
         responses = await asyncio.gather(*(env.chat("cold", f"n{i}") for i in range(50)))
 
@@ -69,7 +69,7 @@ async def test_fifty_concurrent_requests_on_a_cold_profile_launch_one_process(tm
 
 async def test_a_waiter_cancelled_during_the_start_holds_nothing(tmp_path):
     async with gateway_env(tmp_path) as env:
-        await env.create_profile("slow", "--startup-delay", "0.5")
+        await env.add_stub("slow", "--startup-delay", "0.5")
         manager = env.manager
         server = env.managed("slow")
         cancelled = asyncio.create_task(manager.acquire(server))
@@ -88,9 +88,7 @@ async def test_a_waiter_cancelled_during_the_start_holds_nothing(tmp_path):
 
 async def test_a_server_that_exits_while_starting_fails_with_its_log_tail(tmp_path):
     async with gateway_env(tmp_path) as env:
-        profile = await env.create_profile(
-            "broken", "--startup-delay", "0.3", "--exit-on-start", "3"
-        )
+        profile = await env.add_stub("broken", "--startup-delay", "0.3", "--exit-on-start", "3")
 
         response = await env.chat("broken")
         assert response.status_code == 503, response.text
@@ -120,7 +118,7 @@ async def test_a_server_that_exits_while_starting_fails_with_its_log_tail(tmp_pa
 async def test_a_failed_server_reports_no_pid_or_port(tmp_path):
     # The process is gone: its pid may be reused by anything, so it must not be shown.
     async with gateway_env(tmp_path) as env:
-        await env.create_profile("broken", "--exit-on-start", "3")
+        await env.add_stub("broken", "--exit-on-start", "3")
         assert (await env.control("broken", "start")).status_code == 503
         server = await env.server("broken")
         assert server["state"] == "failed"
@@ -129,7 +127,7 @@ async def test_a_failed_server_reports_no_pid_or_port(tmp_path):
 
 async def test_a_failed_profile_starts_once_the_cause_is_fixed(tmp_path):
     async with gateway_env(tmp_path) as env:
-        await env.create_profile("flaky", "--exit-on-start", "3")
+        await env.add_stub("flaky", "--exit-on-start", "3")
         assert (await env.chat("flaky")).status_code == 503
         response = await env.http.patch(
             f"/api/profiles/{env.profile_id('flaky')}",
@@ -147,7 +145,7 @@ async def test_a_failed_profile_starts_once_the_cause_is_fixed(tmp_path):
 
 async def test_a_killed_server_is_marked_stopped_and_restarts_on_the_next_request(tmp_path):
     async with gateway_env(tmp_path) as env:
-        await env.create_profile("victim")
+        await env.add_stub("victim")
         assert (await env.chat("victim")).status_code == 200
         old = await env.server("victim")
         assert old["state"] == "ready"
@@ -169,7 +167,7 @@ async def test_a_killed_server_is_marked_stopped_and_restarts_on_the_next_reques
 
 async def test_a_request_in_flight_when_the_server_crashes_gets_502(tmp_path):
     async with gateway_env(tmp_path) as env:
-        await env.create_profile("crashy")
+        await env.add_stub("crashy")
         response = await env.chat("crashy", TRIGGER_CRASH)
         assert response.status_code == 502, response.text
         error = response.json()["error"]
@@ -188,7 +186,7 @@ async def test_a_request_in_flight_when_the_server_crashes_gets_502(tmp_path):
 
 async def test_a_stream_cut_by_a_crash_ends_without_done_and_the_server_comes_back(tmp_path):
     async with gateway_env(tmp_path) as env:
-        await env.create_profile("streamer", "--chunk-delay", "0.2", "--chunks", "30")
+        await env.add_stub("streamer", "--chunk-delay", "0.2", "--chunks", "30")
         pid = (await env.start("streamer"))["pid"]
         received: list[str] = []
 
@@ -214,7 +212,7 @@ async def test_a_stream_cut_by_a_crash_ends_without_done_and_the_server_comes_ba
 
 async def test_health_answers_while_a_server_ignoring_sigterm_is_stopped(tmp_path):
     async with gateway_env(tmp_path, stop_timeout=2) as env:
-        profile = await env.create_profile("stubborn", "--ignore-sigterm")
+        profile = await env.add_stub("stubborn", "--ignore-sigterm")
         pid = (await env.start("stubborn"))["pid"]
 
         stop = asyncio.create_task(env.control("stubborn", "stop"))
@@ -238,8 +236,8 @@ async def test_health_answers_while_a_server_ignoring_sigterm_is_stopped(tmp_pat
 
 async def test_gateway_shutdown_stops_every_server(tmp_path):
     async with gateway_env(tmp_path, stop_timeout=1) as env:
-        await env.create_profile("one")
-        await env.create_profile("two", "--ignore-sigterm")
+        await env.add_stub("one")
+        await env.add_stub("two", "--ignore-sigterm")
         pids = [(await env.start("one"))["pid"], (await env.start("two"))["pid"]]
         assert all(process_alive(pid) for pid in pids)
         settings = env.settings
@@ -255,7 +253,7 @@ async def test_gateway_shutdown_stops_every_server(tmp_path):
 
 async def test_profile_idle_ttl_stops_the_server_after_the_last_request(tmp_path):
     async with gateway_env(tmp_path, idle_ttl=0) as env:
-        profile = await env.create_profile("brief", idle_ttl=1)
+        profile = await env.add_stub("brief", idle_ttl=1)
         assert (await env.chat("brief")).status_code == 200
         pid = (await env.server("brief"))["pid"]
         await env.wait_state("brief", "stopped", timeout=15)
@@ -267,7 +265,7 @@ async def test_profile_idle_ttl_stops_the_server_after_the_last_request(tmp_path
 
 async def test_idle_ttl_never_stops_a_server_with_an_open_stream(tmp_path):
     async with gateway_env(tmp_path) as env:
-        await env.create_profile("long", "--chunk-delay", "0.2", "--chunks", "8", idle_ttl=0.5)
+        await env.add_stub("long", "--chunk-delay", "0.2", "--chunks", "8", idle_ttl=0.5)
         pid = (await env.start("long"))["pid"]
         body = ""
         checked = False
@@ -291,8 +289,8 @@ async def test_idle_ttl_never_stops_a_server_with_an_open_stream(tmp_path):
 
 async def test_global_idle_ttl_applies_and_zero_means_never(tmp_path):
     async with gateway_env(tmp_path, idle_ttl=1) as env:
-        await env.create_profile("forever", idle_ttl=0)
-        await env.create_profile("default")
+        await env.add_stub("forever", idle_ttl=0)
+        await env.add_stub("default")
         assert (await env.chat("forever")).status_code == 200  # used first: the older one
         assert (await env.chat("default")).status_code == 200
         await env.wait_state("default", "stopped")
@@ -304,7 +302,7 @@ async def test_global_idle_ttl_applies_and_zero_means_never(tmp_path):
 
 async def test_a_server_failing_health_checks_in_a_row_is_restarted(tmp_path):
     async with gateway_env(tmp_path, health_check_interval=0.3, health_check_failures=2) as env:
-        await env.create_profile("sick")
+        await env.add_stub("sick")
         old = await env.start("sick")
         checked = await wait_until(
             lambda: env.managed("sick").health_latency_ms is not None, message="a health check"
@@ -332,8 +330,8 @@ async def test_a_server_failing_health_checks_in_a_row_is_restarted(tmp_path):
 async def test_auto_start_profiles_start_in_the_background_when_the_gateway_starts(tmp_path):
     settings = env_settings(tmp_path)
     async with gateway_env(tmp_path, settings) as env:
-        await env.create_profile("eager", "--startup-delay", "1.5", auto_start=True)
-        await env.create_profile("lazy")
+        await env.add_stub("eager", "--startup-delay", "1.5", auto_start=True)
+        await env.add_stub("lazy")
         assert (await env.server("eager"))["state"] == "stopped"  # not at creation
     assert env.started_events("eager") == 0
 
@@ -395,7 +393,7 @@ def test_tail_returns_the_last_lines(tmp_path):
 
 async def test_a_large_server_log_is_rotated_at_the_next_start(tmp_path):
     async with gateway_env(tmp_path, log_max_bytes=4096, log_backups=2) as env:
-        await env.create_profile("chatty")
+        await env.add_stub("chatty")
         log = log_path(env.settings.logs_dir, "chatty")
         await env.start("chatty")
         assert (await env.chat("chatty")).status_code == 200

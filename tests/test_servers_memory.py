@@ -11,15 +11,9 @@ from typing import Any
 
 from gateway.serving.logfiles import log_path
 from gateway.serving.manager import MAX_RETRY_AFTER
-from tests.support.servers import (
-    GIB,
-    gateway_env,
-    process_alive,
-    process_gone,
-    sse_data,
-    stream_contents,
-    wait_until,
-)
+from gateway.types import GIB
+from tests.support.env import gateway_env, process_alive, process_gone, sse_data, stream_contents
+from tests.support.waiting import wait_until
 
 CAP_FITS_ONE: dict[str, Any] = {"max_memory_gb": 1, "queue_timeout": 1.2}
 
@@ -27,8 +21,8 @@ CAP_FITS_ONE: dict[str, Any] = {"max_memory_gb": 1, "queue_timeout": 1.2}
 async def test_an_open_stream_protects_its_server_and_the_other_request_gets_503(tmp_path):
     async with gateway_env(tmp_path, **CAP_FITS_ONE) as env:
         # The stream lasts about 3 s: well past b's queue timeout.
-        await env.create_profile("a", "--chunk-delay", "0.2", "--chunks", "15", memory_gb=0.7)
-        await env.create_profile("b", memory_gb=0.7)
+        await env.add_stub("a", "--chunk-delay", "0.2", "--chunks", "15", memory_gb=0.7)
+        await env.add_stub("b", memory_gb=0.7)
         a_pid = (await env.start("a"))["pid"]
 
         body = ""
@@ -68,8 +62,8 @@ async def test_an_open_stream_protects_its_server_and_the_other_request_gets_503
 
 async def test_a_ready_server_answers_while_another_request_waits_for_memory(tmp_path):
     async with gateway_env(tmp_path, max_memory_gb=1, queue_timeout=1.5) as env:
-        await env.create_profile("a", "--chunk-delay", "0.2", "--chunks", "15", memory_gb=0.7)
-        await env.create_profile("b", memory_gb=0.7)
+        await env.add_stub("a", "--chunk-delay", "0.2", "--chunks", "15", memory_gb=0.7)
+        await env.add_stub("b", memory_gb=0.7)
         await env.start("a")
         async with env.stream("a") as stream:
             chunks = stream.aiter_text()
@@ -89,8 +83,8 @@ async def test_a_ready_server_answers_while_another_request_waits_for_memory(tmp
 
 async def test_an_idle_server_is_evicted_to_make_room(tmp_path):
     async with gateway_env(tmp_path, **CAP_FITS_ONE) as env:
-        await env.create_profile("a", memory_gb=0.6)
-        await env.create_profile("b", memory_gb=0.6)
+        await env.add_stub("a", memory_gb=0.6)
+        await env.add_stub("b", memory_gb=0.6)
         assert (await env.chat("a")).status_code == 200
         a_pid = (await env.server("a"))["pid"]
 
@@ -107,7 +101,7 @@ async def test_an_idle_server_is_evicted_to_make_room(tmp_path):
 async def test_the_least_recently_used_server_is_evicted_first(tmp_path):
     async with gateway_env(tmp_path, max_memory_gb=1) as env:
         for name in ("a", "b", "c"):
-            await env.create_profile(name, memory_gb=0.45)
+            await env.add_stub(name, memory_gb=0.45)
         for name in ("a", "b", "a"):  # b is now the least recently used
             assert (await env.chat(name)).status_code == 200
 
@@ -120,7 +114,7 @@ async def test_only_as_many_servers_as_needed_are_evicted(tmp_path):
     # Two of the three fit: making room for c takes one eviction, not every idle server.
     async with gateway_env(tmp_path, max_memory_gb=1) as env:
         for name in ("a", "b", "c"):
-            await env.create_profile(name, memory_gb=0.45)
+            await env.add_stub(name, memory_gb=0.45)
         for name in ("a", "b", "a"):
             assert (await env.chat(name)).status_code == 200
 
@@ -133,7 +127,7 @@ async def test_only_as_many_servers_as_needed_are_evicted(tmp_path):
 async def test_concurrent_requests_for_a_cold_model_evict_one_server(tmp_path):
     async with gateway_env(tmp_path, max_memory_gb=1) as env:
         for name in ("a", "b", "c"):
-            await env.create_profile(name, memory_gb=0.45)
+            await env.add_stub(name, memory_gb=0.45)
         for name in ("a", "b"):
             assert (await env.chat(name)).status_code == 200
 
@@ -147,8 +141,8 @@ async def test_concurrent_requests_for_a_cold_model_evict_one_server(tmp_path):
 
 async def test_a_pinned_idle_server_is_never_evicted(tmp_path):
     async with gateway_env(tmp_path, **CAP_FITS_ONE) as env:
-        await env.create_profile("keeper", memory_gb=0.6, pinned=True)
-        await env.create_profile("other", memory_gb=0.6)
+        await env.add_stub("keeper", memory_gb=0.6, pinned=True)
+        await env.add_stub("other", memory_gb=0.6)
         assert (await env.chat("keeper")).status_code == 200
         keeper = await env.server("keeper")
         assert keeper["inflight"] == 0
@@ -166,7 +160,7 @@ async def test_a_pinned_idle_server_is_never_evicted(tmp_path):
 async def test_a_model_larger_than_the_cap_fails_at_once(tmp_path):
     # The queue timeout is long: a request that waited for it would time the client out.
     async with gateway_env(tmp_path, max_memory_gb=1, queue_timeout=120) as env:
-        await env.create_profile("huge", memory_gb=2)
+        await env.add_stub("huge", memory_gb=2)
         env.http.timeout = 20
         response = await env.chat("huge")
         assert response.status_code == 400, response.text
@@ -190,7 +184,7 @@ async def test_the_need_is_estimated_from_the_weight_files(tmp_path):
         handle.truncate(GIB)  # sparse: 1 GiB by size, nothing on disk
     (weights / "README.md").write_text("not a weight file\n")
     async with gateway_env(tmp_path, max_memory_gb=1, queue_timeout=120) as env:
-        await env.create_profile("estimated", model_path=str(weights))
+        await env.add_stub("estimated", model_path=str(weights))
         assert (await env.server("estimated"))["need_bytes"] == int(GIB * 1.2)
         response = await env.chat("estimated")
         assert response.status_code == 400, response.text
@@ -209,7 +203,7 @@ async def test_the_need_is_estimated_from_the_weight_files(tmp_path):
 
 async def test_memory_is_the_measured_rss_of_the_process_tree(tmp_path):
     async with gateway_env(tmp_path) as env:
-        await env.create_profile("heavy", "--memory-mb", "64", memory_gb=0.01)
+        await env.add_stub("heavy", "--memory-mb", "64", memory_gb=0.01)
         server = await env.start("heavy")
         assert server["memory_bytes"] >= 64 * 1024 * 1024
         # Once measured, the larger of the estimate and the measurement counts.

@@ -23,12 +23,12 @@ import pytest_asyncio
 
 from gateway.upstream_errors import to_openai_error
 from gateway.usage import tokens_in
-from tests.support.proxy import (
-    ProxyEnv,
+from tests.support.env import (
+    Env,
     assert_openai_error,
-    chat,
+    chat_body,
+    gateway_env,
     multipart,
-    proxy_env,
 )
 
 # ---- to_openai_error -------------------------------------------------------------------------
@@ -244,8 +244,8 @@ STREAM_KILL = "err-stream-kill"
 
 
 @pytest_asyncio.fixture(scope="module", loop_scope="module")
-async def env(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[ProxyEnv]:
-    async with proxy_env(tmp_path_factory.mktemp("errors")) as env:
+async def env(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Env]:
+    async with gateway_env(tmp_path_factory.mktemp("errors")) as env:
         await env.add_stub(MODEL)
         await env.add_stub(CRASH)
         await env.add_stub(KILL)
@@ -260,8 +260,8 @@ def rid() -> str:
 
 
 @pytest.mark.asyncio(loop_scope="module")
-async def test_upstream_500_detail_comes_back_in_openai_shape(env: ProxyEnv):
-    response = await env.post("/v1/chat/completions", chat(MODEL, "__error_500__"))
+async def test_upstream_500_detail_comes_back_in_openai_shape(env: Env):
+    response = await env.post("/v1/chat/completions", chat_body(MODEL, "__error_500__"))
     error = assert_openai_error(response, 500, error_type="server_error")
     assert error["message"] == "simulated failure"
     assert response.headers.get_list("x-request-id")
@@ -273,7 +273,7 @@ async def test_upstream_500_detail_comes_back_in_openai_shape(env: ProxyEnv):
 
 
 @pytest.mark.asyncio(loop_scope="module")
-async def test_upstream_422_validation_list_comes_back_in_openai_shape(env: ProxyEnv):
+async def test_upstream_422_validation_list_comes_back_in_openai_shape(env: Env):
     response = await env.post("/v1/chat/completions", {"model": MODEL, "temperature": 0.1})
     error = assert_openai_error(response, 422, "invalid_value", "invalid_request_error")
     assert error["message"] == "messages: Field required"
@@ -288,10 +288,10 @@ async def test_upstream_422_validation_list_comes_back_in_openai_shape(env: Prox
 
 
 @pytest.mark.asyncio(loop_scope="module")
-async def test_upstream_400_detail_string_comes_back_in_openai_shape(env: ProxyEnv):
+async def test_upstream_400_detail_string_comes_back_in_openai_shape(env: Env):
     response = await env.post(
         "/v1/chat/completions",
-        chat(ECHO),
+        chat_body(ECHO),
         headers={"x-echo-status": "400", "x-echo-body": '{"detail": "Prompt is too long"}'},
     )
     error = assert_openai_error(response, 400, "invalid_request", "invalid_request_error")
@@ -299,7 +299,7 @@ async def test_upstream_400_detail_string_comes_back_in_openai_shape(env: ProxyE
 
 
 @pytest.mark.asyncio(loop_scope="module")
-async def test_upstream_openai_error_and_plain_text_errors(env: ProxyEnv):
+async def test_upstream_openai_error_and_plain_text_errors(env: Env):
     own = {"error": {"message": "nope", "type": "invalid_request_error", "param": "n", "code": "x"}}
     response = await env.post(
         "/v1/embeddings",
@@ -321,27 +321,29 @@ async def test_upstream_openai_error_and_plain_text_errors(env: ProxyEnv):
 
 
 @pytest.mark.asyncio(loop_scope="module")
-async def test_a_model_server_that_dies_mid_request_is_502(env: ProxyEnv):
+async def test_a_model_server_that_dies_mid_request_is_502(env: Env):
     request_id = rid()
     response = await env.post(
-        "/v1/chat/completions", chat(CRASH, "__crash__"), headers={"x-request-id": request_id}
+        "/v1/chat/completions", chat_body(CRASH, "__crash__"), headers={"x-request-id": request_id}
     )
     error = assert_openai_error(response, 502, error_type="server_error")
     assert CRASH in error["message"]
     assert env.events(CRASH, "crash", request_id=request_id)
     await env.wait_server(CRASH, lambda s: s["state"] == "stopped", "seen as stopped")
     # The next request starts it again.
-    again = await env.post("/v1/chat/completions", chat(CRASH))
+    again = await env.post("/v1/chat/completions", chat_body(CRASH))
     assert again.status_code == 200, again.text
 
 
 @pytest.mark.asyncio(loop_scope="module")
-async def test_a_model_server_killed_mid_request_is_502(env: ProxyEnv):
-    await env.post("/v1/chat/completions", chat(KILL))  # started
+async def test_a_model_server_killed_mid_request_is_502(env: Env):
+    await env.post("/v1/chat/completions", chat_body(KILL))  # started
     request_id = rid()
     pending = asyncio.ensure_future(
         env.post(
-            "/v1/chat/completions", chat(KILL, "__slow__"), headers={"x-request-id": request_id}
+            "/v1/chat/completions",
+            chat_body(KILL, "__slow__"),
+            headers={"x-request-id": request_id},
         )
     )
     try:
@@ -358,13 +360,13 @@ async def test_a_model_server_killed_mid_request_is_502(env: ProxyEnv):
 
 
 @pytest.mark.asyncio(loop_scope="module")
-async def test_a_model_server_that_dies_after_its_headers_is_502(env: ProxyEnv):
+async def test_a_model_server_that_dies_after_its_headers_is_502(env: Env):
     """The model server answers 200 with a length, sends part of the body, and dies: the
     gateway has sent nothing yet (it reads a non-stream body whole), so it can say 502."""
     request_id = rid()
     response = await env.post(
         "/v1/chat/completions",
-        chat(DYING),
+        chat_body(DYING),
         headers={"x-request-id": request_id, "x-echo-die": "mid-body"},
     )
     assert env.events(DYING, "dying", request_id=request_id)
@@ -376,7 +378,7 @@ async def test_a_model_server_that_dies_after_its_headers_is_502(env: ProxyEnv):
 
 
 @pytest.mark.asyncio(loop_scope="module")
-async def test_a_model_server_killed_mid_stream_cuts_the_stream_short(env: ProxyEnv):
+async def test_a_model_server_killed_mid_stream_cuts_the_stream_short(env: Env):
     """Once a stream has begun its status is sent; the client must still see that it broke
     (no clean end, no `[DONE]`), and the server is released and seen as stopped."""
     request_id = rid()
@@ -389,7 +391,7 @@ async def test_a_model_server_killed_mid_stream_cuts_the_stream_short(env: Proxy
     async with env.http.stream(
         "POST",
         "/v1/chat/completions",
-        json=chat(STREAM_KILL, stream=True),
+        json=chat_body(STREAM_KILL, stream=True),
         headers={**env.auth, "x-request-id": request_id},
     ) as response:
         assert response.status_code == 200
@@ -409,7 +411,7 @@ async def test_a_model_server_killed_mid_stream_cuts_the_stream_short(env: Proxy
 
 
 @pytest.mark.asyncio(loop_scope="module")
-async def test_the_sdk_sees_a_dead_model_server_as_a_server_error(env: ProxyEnv):
+async def test_the_sdk_sees_a_dead_model_server_as_a_server_error(env: Env):
     async with env.openai((await env.new_key()).secret) as client:
         with pytest.raises(openai.InternalServerError) as caught:
             await client.chat.completions.create(
@@ -421,7 +423,7 @@ async def test_the_sdk_sees_a_dead_model_server_as_a_server_error(env: ProxyEnv)
 # ---- the gateway: bad requests ---------------------------------------------------------------
 
 
-async def raw_post(env: ProxyEnv, content: bytes, content_type: str = "application/json"):
+async def raw_post(env: Env, content: bytes, content_type: str = "application/json"):
     return await env.http.post(
         "/v1/chat/completions",
         content=content,
@@ -435,7 +437,7 @@ async def raw_post(env: ProxyEnv, content: bytes, content_type: str = "applicati
     [b'{"model": "err-model", "messages": [', b"", b"\xff\xfe{}", b"model=err-model"],
     ids=["truncated", "empty", "not-utf8", "form-like"],
 )
-async def test_malformed_json_is_400(env: ProxyEnv, content: bytes):
+async def test_malformed_json_is_400(env: Env, content: bytes):
     response = await raw_post(env, content)
     assert_openai_error(response, 400, error_type="invalid_request_error")
 
@@ -446,7 +448,7 @@ async def test_malformed_json_is_400(env: ProxyEnv, content: bytes):
     [{"messages": []}, {"model": ""}, {"model": None}, {"model": 7}, {"model": ["err-model"]}],
     ids=["absent", "empty", "null", "number", "list"],
 )
-async def test_missing_model_is_400_naming_the_param(env: ProxyEnv, body: dict[str, Any]):
+async def test_missing_model_is_400_naming_the_param(env: Env, body: dict[str, Any]):
     response = await env.post("/v1/chat/completions", body)
     error = assert_openai_error(response, 400, error_type="invalid_request_error")
     assert error["param"] == "model"
@@ -454,14 +456,14 @@ async def test_missing_model_is_400_naming_the_param(env: ProxyEnv, body: dict[s
 
 @pytest.mark.asyncio(loop_scope="module")
 @pytest.mark.parametrize("content", [b'[{"model": "err-model"}]', b'"err-model"', b"42", b"null"])
-async def test_a_json_body_that_is_not_an_object_is_400(env: ProxyEnv, content: bytes):
+async def test_a_json_body_that_is_not_an_object_is_400(env: Env, content: bytes):
     response = await raw_post(env, content)
     assert_openai_error(response, 400, error_type="invalid_request_error")
 
 
 @pytest.mark.asyncio(loop_scope="module")
 @pytest.mark.parametrize("path", ["/v1/audio/transcriptions", "/v1/images/edits"])
-async def test_a_multipart_upload_without_model_is_400(env: ProxyEnv, path: str):
+async def test_a_multipart_upload_without_model_is_400(env: Env, path: str):
     request_id = rid()
     body, content_type = multipart(
         {"prompt": "x"}, {"file": ("a.wav", b"RIFF"), "image": ("a.png", b"P")}
@@ -477,7 +479,7 @@ async def test_a_multipart_upload_without_model_is_400(env: ProxyEnv, path: str)
 
 
 @pytest.mark.asyncio(loop_scope="module")
-async def test_a_broken_multipart_upload_is_400(env: ProxyEnv):
+async def test_a_broken_multipart_upload_is_400(env: Env):
     response = await env.http.post(
         "/v1/audio/transcriptions",
         content=b"--nope\r\nnot a part",
@@ -490,8 +492,8 @@ async def test_a_broken_multipart_upload_is_400(env: ProxyEnv):
 
 
 @pytest_asyncio.fixture(scope="module", loop_scope="module")
-async def limits(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[ProxyEnv]:
-    async with proxy_env(
+async def limits(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Env]:
+    async with gateway_env(
         tmp_path_factory.mktemp("limits"), max_body_mb=0.01, queue_timeout=1, max_memory_gb=1
     ) as env:
         await env.add_stub("small", memory_gb=0.01)
@@ -505,15 +507,15 @@ LIMIT = int(0.01 * 1024 * 1024)
 
 
 @pytest.mark.asyncio(loop_scope="module")
-async def test_a_body_over_the_limit_is_413(limits: ProxyEnv):
-    big = json.dumps(chat("small", "x" * (LIMIT + 10))).encode()
+async def test_a_body_over_the_limit_is_413(limits: Env):
+    big = json.dumps(chat_body("small", "x" * (LIMIT + 10))).encode()
     response = await limits.http.post(
         "/v1/chat/completions",
         content=big,
         headers={**limits.auth, "content-type": "application/json"},
     )
     assert_openai_error(response, 413, error_type="invalid_request_error")
-    fits = json.dumps(chat("small", "x" * (LIMIT // 2))).encode()
+    fits = json.dumps(chat_body("small", "x" * (LIMIT // 2))).encode()
     ok = await limits.http.post(
         "/v1/chat/completions",
         content=fits,
@@ -523,7 +525,7 @@ async def test_a_body_over_the_limit_is_413(limits: ProxyEnv):
 
 
 @pytest.mark.asyncio(loop_scope="module")
-async def test_a_chunked_body_over_the_limit_is_413(limits: ProxyEnv):
+async def test_a_chunked_body_over_the_limit_is_413(limits: Env):
     async def chunks() -> AsyncIterator[bytes]:
         yield b'{"model": "small", "messages": [{"role": "user", "content": "'
         for _ in range(LIMIT // 1000 + 2):
@@ -540,7 +542,7 @@ async def test_a_chunked_body_over_the_limit_is_413(limits: ProxyEnv):
 
 
 @pytest.mark.asyncio(loop_scope="module")
-async def test_a_multipart_upload_over_the_limit_is_413(limits: ProxyEnv):
+async def test_a_multipart_upload_over_the_limit_is_413(limits: Env):
     response = await limits.http.post(
         "/v1/audio/transcriptions",
         data={"model": "small"},
@@ -551,8 +553,8 @@ async def test_a_multipart_upload_over_the_limit_is_413(limits: ProxyEnv):
 
 
 @pytest.mark.asyncio(loop_scope="module")
-async def test_a_start_that_fails_is_503_with_the_cause(limits: ProxyEnv):
-    response = await limits.post("/v1/chat/completions", chat("broken"))
+async def test_a_start_that_fails_is_503_with_the_cause(limits: Env):
+    response = await limits.post("/v1/chat/completions", chat_body("broken"))
     error = assert_openai_error(response, 503, error_type="server_error")
     assert "simulated load failure" in error["message"]
     assert "code 7" in error["message"]
@@ -566,20 +568,20 @@ async def test_a_start_that_fails_is_503_with_the_cause(limits: ProxyEnv):
 
 
 @pytest.mark.asyncio(loop_scope="module")
-async def test_waiting_for_memory_that_never_frees_is_503_with_retry_after(limits: ProxyEnv):
+async def test_waiting_for_memory_that_never_frees_is_503_with_retry_after(limits: Env):
     """big-a (0.6 GB) is busy with a slow answer; big-b (0.6 GB) cannot fit under the 1 GB cap
     until it ends, and the queue timeout (1 s) runs out first."""
     request_id = rid()
     busy = asyncio.ensure_future(
         limits.post(
             "/v1/chat/completions",
-            chat("big-a"),
+            chat_body("big-a"),
             headers={"x-request-id": request_id, "x-echo-delay": "60"},
         )
     )
     try:
         await limits.wait_event("big-a", "request", request_id=request_id)
-        response = await limits.post("/v1/chat/completions", chat("big-b"))
+        response = await limits.post("/v1/chat/completions", chat_body("big-b"))
         error = assert_openai_error(response, 503, error_type="server_error")
         assert "big-a" in error["message"]
         retry_after = int(response.headers["retry-after"])

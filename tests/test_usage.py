@@ -20,16 +20,16 @@ import pytest_asyncio
 from sqlmodel import select
 
 from gateway.tables import Usage
-from tests.support.proxy import (
+from tests.support.env import (
+    Env,
     Key,
-    ProxyEnv,
     User,
     bearer,
-    chat,
-    proxy_env,
-    sse_payloads,
-    wait_until,
+    chat_body,
+    gateway_env,
+    sse_data,
 )
+from tests.support.waiting import wait_until
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
 
@@ -88,15 +88,15 @@ def rid() -> str:
 
 
 @pytest_asyncio.fixture(scope="module", loop_scope="module")
-async def env(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[ProxyEnv]:
-    async with proxy_env(tmp_path_factory.mktemp("usage")) as env:
+async def env(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Env]:
+    async with gateway_env(tmp_path_factory.mktemp("usage")) as env:
         await env.add_stub(MODEL, "--chunks", "4", aliases=[ALIAS])
         await env.add_stub(CRASH)
         yield env
 
 
 @pytest_asyncio.fixture(scope="module", loop_scope="module")
-async def traffic(env: ProxyEnv) -> Traffic:
+async def traffic(env: Env) -> Traffic:
     me = await env.http.get("/api/auth/me", headers=env.auth)
     user = await env.new_user("usage-user@example.com")
     key = await env.new_key(user.token, name="usage-key")
@@ -122,7 +122,7 @@ async def traffic(env: ProxyEnv) -> Traffic:
         response = await env.post(endpoint, body, token, headers={"x-request-id": request_id})
         usage: dict[str, Any] = {}
         if response.status_code == 200 and body.get("stream"):
-            payloads = [json.loads(p) for p in sse_payloads(response.content) if p != "[DONE]"]
+            payloads = [json.loads(p) for p in sse_data(response.content) if p != "[DONE]"]
             usage = next((p["usage"] for p in reversed(payloads) if p.get("usage")), {})
         elif response.status_code == 200:
             usage = response.json().get("usage", {})
@@ -141,21 +141,21 @@ async def traffic(env: ProxyEnv) -> Traffic:
 
     by_key = (key.secret, user.id, key.id)
     by_jwt = (user.token, user.id, None)
-    as_admin = (env.admin, traffic.admin_id, None)
-    chat_stream = chat(MODEL, "count these five words", stream=True)
+    as_admin = (env.token, traffic.admin_id, None)
+    chat_stream = chat_body(MODEL, "count these five words", stream=True)
     sends = [
-        ("/v1/chat/completions", chat(MODEL, "alpha beta gamma"), *by_key),
+        ("/v1/chat/completions", chat_body(MODEL, "alpha beta gamma"), *by_key),
         (
             "/v1/chat/completions",
             {**chat_stream, "stream_options": {"include_usage": True}},
             *by_key,
         ),
         ("/v1/embeddings", {"model": MODEL, "input": ["one two", "three"]}, *by_jwt),
-        ("/v1/chat/completions", chat(ALIAS, "through the alias"), *by_jwt),
+        ("/v1/chat/completions", chat_body(ALIAS, "through the alias"), *by_jwt),
         ("/v1/chat/completions", chat_stream, *by_jwt),  # no usage asked: no tokens known
-        ("/v1/chat/completions", chat(MODEL, "__error_500__"), *as_admin),
+        ("/v1/chat/completions", chat_body(MODEL, "__error_500__"), *as_admin),
         ("/v1/responses", {"model": MODEL, "input": "four words of input"}, *as_admin),
-        ("/v1/chat/completions", chat(CRASH, "__crash__"), *as_admin),
+        ("/v1/chat/completions", chat_body(CRASH, "__crash__"), *as_admin),
     ]
     for endpoint, body, token, user_id, key_id in sends:
         await send(endpoint, body, token, user_id, key_id)
@@ -175,14 +175,14 @@ async def traffic(env: ProxyEnv) -> Traffic:
     return traffic
 
 
-async def report(env: ProxyEnv, token: str | None = None, **params: str) -> dict[str, Any]:
-    response = await env.http.get("/api/usage", params=params, headers=bearer(token or env.admin))
+async def report(env: Env, token: str | None = None, **params: str) -> dict[str, Any]:
+    response = await env.http.get("/api/usage", params=params, headers=bearer(token or env.token))
     assert response.status_code == 200, response.text
     body: dict[str, Any] = response.json()
     return body
 
 
-async def test_by_model(env: ProxyEnv, traffic: Traffic):
+async def test_by_model(env: Env, traffic: Traffic):
     body = await report(env, group_by="model")
     assert body["group_by"] == "model"
     groups = {g["model"]: g for g in body["groups"]}
@@ -192,14 +192,14 @@ async def test_by_model(env: ProxyEnv, traffic: Traffic):
     assert groups[MODEL]["model_id"] == MODEL
 
 
-async def test_by_model_counts_a_dead_model_server_under_its_model(env: ProxyEnv, traffic: Traffic):
+async def test_by_model_counts_a_dead_model_server_under_its_model(env: Env, traffic: Traffic):
     body = await report(env, group_by="model")
     groups = {g["model"]: g for g in body["groups"]}
     assert "" not in groups, f"a request was recorded without its model: {groups.get('')}"
     assert numbers(groups[CRASH]) == expected(traffic.where(model=CRASH))
 
 
-async def test_by_user(env: ProxyEnv, traffic: Traffic):
+async def test_by_user(env: Env, traffic: Traffic):
     body = await report(env, group_by="user")
     groups = {g["user_id"]: g for g in body["groups"]}
     assert set(groups) == {traffic.user.id, traffic.admin_id}
@@ -208,7 +208,7 @@ async def test_by_user(env: ProxyEnv, traffic: Traffic):
     assert groups[traffic.user.id]["user"] == traffic.user.email
 
 
-async def test_by_key(env: ProxyEnv, traffic: Traffic):
+async def test_by_key(env: Env, traffic: Traffic):
     body = await report(env, group_by="key")
     groups = {g["key_id"]: g for g in body["groups"]}
     assert set(groups) == {traffic.key.id, None}
@@ -218,7 +218,7 @@ async def test_by_key(env: ProxyEnv, traffic: Traffic):
     assert traffic.key.secret not in json.dumps(body)
 
 
-async def test_the_streamed_usage_is_counted(env: ProxyEnv, traffic: Traffic):
+async def test_the_streamed_usage_is_counted(env: Env, traffic: Traffic):
     streamed = traffic.sent[1]
     assert (streamed.prompt, streamed.completion) == (4, 4)  # the stub's own numbers
     rows = await usage_rows(env)
@@ -226,14 +226,14 @@ async def test_the_streamed_usage_is_counted(env: ProxyEnv, traffic: Traffic):
     assert (row.prompt_tokens, row.completion_tokens) == (4, 4)
 
 
-async def usage_rows(env: ProxyEnv) -> dict[str | None, Usage]:
+async def usage_rows(env: Env) -> dict[str | None, Usage]:
     await report(env)  # flushes the write buffer
     async with env.handle.core.sessions() as session:
         rows = (await session.exec(select(Usage))).all()
     return {r.request_id: r for r in rows}
 
 
-async def test_each_request_is_one_row_with_its_details(env: ProxyEnv, traffic: Traffic):
+async def test_each_request_is_one_row_with_its_details(env: Env, traffic: Traffic):
     rows = await usage_rows(env)
     for sent in traffic.sent:
         row = rows[sent.request_id]
@@ -246,7 +246,7 @@ async def test_each_request_is_one_row_with_its_details(env: ProxyEnv, traffic: 
             assert 0 <= row.ttfb_ms <= row.latency_ms
 
 
-async def test_since_and_until(env: ProxyEnv, traffic: Traffic):
+async def test_since_and_until(env: Env, traffic: Traffic):
     def total(body: dict[str, Any]) -> int:
         return sum(g["requests"] for g in body["groups"])
 
@@ -263,7 +263,7 @@ async def test_since_and_until(env: ProxyEnv, traffic: Traffic):
     assert total(await report(env, until=zulu)) == everything
 
 
-async def test_a_user_sees_only_their_own(env: ProxyEnv, traffic: Traffic):
+async def test_a_user_sees_only_their_own(env: Env, traffic: Traffic):
     mine = traffic.where(user_id=traffic.user.id)
     by_user = await report(env, traffic.user.token, group_by="user")
     assert [g["user_id"] for g in by_user["groups"]] == [traffic.user.id]
@@ -277,7 +277,7 @@ async def test_a_user_sees_only_their_own(env: ProxyEnv, traffic: Traffic):
     assert sum(g["requests"] for g in by_key["groups"]) == len(mine)
 
 
-async def test_bad_parameters_are_400(env: ProxyEnv, traffic: Traffic):
+async def test_bad_parameters_are_400(env: Env, traffic: Traffic):
     for params in ({"group_by": "endpoint"}, {"since": "yesterday"}, {"until": "2024-13-45"}):
         response = await env.http.get("/api/usage", params=params, headers=env.auth)
         assert response.status_code == 400, (params, response.text)
@@ -285,7 +285,7 @@ async def test_bad_parameters_are_400(env: ProxyEnv, traffic: Traffic):
     assert (await env.http.get("/api/usage")).status_code == 401
 
 
-async def test_the_api_keys_last_used_at_is_set(env: ProxyEnv, traffic: Traffic):
+async def test_the_api_keys_last_used_at_is_set(env: Env, traffic: Traffic):
     async def keys() -> dict[int, dict[str, Any]] | None:
         response = await env.http.get("/api/keys", headers=bearer(traffic.user.token))
         assert response.status_code == 200, response.text
