@@ -30,6 +30,7 @@ from tests.support.hub_fixtures import (
     repo_size,
 )
 from tests.support.stub_server import STUB_SCRIPT
+from tests.support.waiting import wait_until
 
 
 def assert_matches_source(hub_root: Path, snapshot: Path, repo_id: str) -> None:
@@ -102,13 +103,21 @@ async def test_download_lands_in_the_hf_cache(
 
 
 async def read_events(
-    client: httpx.AsyncClient, token: str, into: list[dict[str, Any]], until_status: str
+    client: httpx.AsyncClient,
+    token: str,
+    into: list[dict[str, Any]],
+    until_status: str,
+    connected: asyncio.Event,
 ) -> None:
+    """Collect the stream's events until one has `until_status`; `connected` is set once the
+    stream's opening `: connected` comment arrives."""
     headers = {**bearer(token), "Accept": "text/event-stream"}
     async with client.stream("GET", "/api/downloads/events", headers=headers) as response:
         assert response.headers["content-type"].startswith("text/event-stream")
         async for line in response.aiter_lines():
-            if line.startswith("data: "):
+            if line == ": connected":
+                connected.set()
+            elif line.startswith("data: "):
                 event = json.loads(line.removeprefix("data: "))
                 into.append(event)
                 if event["status"] == until_status:
@@ -120,8 +129,11 @@ async def test_progress_events_and_the_same_download_twice(
 ) -> None:
     hub.configure(bytes_per_second=2_000_000)
     events: list[dict[str, Any]] = []
-    reader = asyncio.create_task(read_events(client, admin_token, events, "completed"))
-    await asyncio.sleep(0.2)  # subscribed before the download starts
+    connected = asyncio.Event()
+    reader = asyncio.create_task(read_events(client, admin_token, events, "completed", connected))
+    # Subscribed before the download starts (a reader that failed first shows its error).
+    await wait_until(lambda: connected.is_set() or reader.done(), message="`: connected`")
+    assert not reader.done(), reader.result()
     first = (await post_download(client, admin_token, model_id=BIG)).json()
     again = await post_download(client, admin_token, model_id=BIG)
     assert again.status_code == 202
