@@ -16,6 +16,7 @@ from gateway.serving.manager import ServerManager
 from gateway.types import SERVER_STATES
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+UNKNOWN_MODEL = "unknown"  # the one label for requests that named no known profile
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
 
 
@@ -55,7 +56,7 @@ class Metrics:
 
     def observe_request(
         self,
-        model: str,
+        profile: str | None,
         endpoint: str,
         status: int,
         seconds: float,
@@ -63,9 +64,14 @@ class Metrics:
         prompt_tokens: int,
         completion_tokens: int,
     ) -> None:
+        """Record one /v1 request under its profile's name.
+
+        Only profile names become labels (aliases are counted under their profile): every
+        label value makes a new time series kept for the process's life, so a label taken from
+        what clients send would let any client grow /metrics without bound.
+        """
+        model = profile or UNKNOWN_MODEL
         self.requests.labels(model, endpoint, str(status)).inc()
-        if not model:
-            return
         self.latency.labels(model, endpoint).observe(seconds)
         if first_byte_seconds is not None:
             self.ttfb.labels(model, endpoint).observe(first_byte_seconds)

@@ -41,7 +41,7 @@ from gateway.request_id import request_id_of
 from gateway.runtime import Gateway
 from gateway.serving.manager import Lease, ManagedServer
 from gateway.upstream_errors import to_openai_error
-from gateway.usage import RequestTap, tokens_in
+from gateway.usage import USAGE_MODEL_CHARS, RequestTap, tokens_in
 
 log = logging.getLogger("mlx_manager.proxy")
 
@@ -131,9 +131,11 @@ class ProxyEndpoint:
         try:
             body = await read_body(request, gateway.settings.max_body_bytes)
             content_type = request.headers.get("content-type", "")
-            model, body = await _route_fields(scope, content_type, body)
+            limit = gateway.settings.max_model_name_bytes
+            model, body = await _route_fields(scope, content_type, body, limit)
             tap.model = model
             server = await _resolve_or_create(gateway, principal, model)
+            tap.profile = server.name
             if model != server.name:
                 body = await _off_loop_if_large(
                     body, _rewrite_alias, content_type, body, model, server.name
@@ -176,20 +178,21 @@ class ProxyEndpoint:
 
 
 def _account(gateway: Gateway, scope: Scope, principal: Principal, tap: RequestTap) -> None:
-    model = tap.model
+    """Metrics are labelled by profile (a bounded set); the usage row keeps the name the
+    client sent, already bounded by MLX_MANAGER_MAX_MODEL_NAME_BYTES and cut to the column."""
     now = time.monotonic()
     prompt, completion = tokens_in(bytes(tap.tail)) if tap.status < 400 else (0, 0)
     status = tap.status or 499  # nothing sent: the client went away first
     endpoint = scope["path"]
     first_byte = None if tap.first_byte is None else tap.first_byte - tap.started
     gateway.metrics.observe_request(
-        model, endpoint, status, now - tap.started, first_byte, prompt, completion
+        tap.profile or None, endpoint, status, now - tap.started, first_byte, prompt, completion
     )
     gateway.usage.record(
         request_id=request_id_of(scope),
         user_id=principal.user_id,
         key_id=principal.key_id,
-        model=model,
+        model=tap.model[:USAGE_MODEL_CHARS],
         endpoint=endpoint,
         status=status,
         prompt_tokens=prompt,
@@ -206,7 +209,9 @@ async def _wait_for_disconnect(receive: Receive) -> None:
             return
 
 
-async def _route_fields(scope: Scope, content_type: str, body: bytes) -> tuple[str, bytes]:
+async def _route_fields(
+    scope: Scope, content_type: str, body: bytes, limit: int
+) -> tuple[str, bytes]:
     """The requested model: the JSON body's `model`, or the form field for uploads."""
     if content_type.startswith("multipart/form-data"):
         model = await _form_model(scope, body)
@@ -217,7 +222,32 @@ async def _route_fields(scope: Scope, content_type: str, body: bytes) -> tuple[s
         model = data.get("model")
     if not isinstance(model, str) or not model:
         raise BadRequest("you must provide a model parameter", param="model", code="missing_model")
+    check_model_name(model, limit)
     return model, body
+
+
+def check_model_name(model: str, limit: int) -> None:
+    """Refuse a name no profile can have, before it reaches a log, a metric or a usage row.
+
+    Why: the name is the one free-form string a client sends that the gateway keeps; an
+    unbounded one (megabytes, control characters) would bloat the usage table for good and
+    smuggle escapes into logs.
+    """
+    size = len(model.encode("utf-8", "surrogatepass"))
+    if size > limit:
+        raise BadRequest(
+            f"the model name is {size} bytes long; model names are at most {limit} bytes "
+            "(MLX_MANAGER_MAX_MODEL_NAME_BYTES); GET /v1/models lists the available ones",
+            param="model",
+            code="invalid_model",
+        )
+    if not model.isprintable():
+        raise BadRequest(
+            "the model name contains control or other non-printable characters; "
+            "GET /v1/models lists the available ones",
+            param="model",
+            code="invalid_model",
+        )
 
 
 async def _off_loop_if_large(body: bytes, func: Callable[..., T], *args: Any) -> T:

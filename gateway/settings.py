@@ -78,6 +78,8 @@ class Settings(BaseSettings):
     log_backups: Annotated[int, Field(ge=0, le=100)] = 3
 
     max_body_mb: Annotated[float, Field(gt=0, le=4096)] = 100
+    # Longest `model` a /v1 request may name (UTF-8 bytes); profile names are at most 200.
+    max_model_name_bytes: Annotated[int, Field(ge=200, le=4096)] = 256
     metrics_public: bool = False
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     log_json: bool = False

@@ -27,6 +27,7 @@ log = logging.getLogger("mlx_manager.usage")
 TAIL_BYTES = 64 * 1024
 FLUSH_SECONDS = 1.0
 MAX_BUFFER = 50_000  # beyond this (database down), the oldest records are dropped
+USAGE_MODEL_CHARS = 200  # the `usage.model` column's length
 
 _PROMPT = re.compile(rb'"(?:prompt_tokens|input_tokens)"\s*:\s*(\d+)')
 _COMPLETION = re.compile(rb'"(?:completion_tokens|output_tokens)"\s*:\s*(\d+)')
@@ -44,7 +45,8 @@ class RequestTap:
     """What the proxy learns about one request while relaying it."""
 
     started: float
-    model: str = ""
+    model: str = ""  # as the client sent it (bounded); "" until read
+    profile: str = ""  # the profile it resolved to; "" when it did not
     status: int = 0
     first_byte: float | None = None
     tail: bytearray = field(default_factory=bytearray)

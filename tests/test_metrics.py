@@ -72,7 +72,7 @@ async def test_counters_move_by_the_right_amounts(client: httpx.AsyncClient, adm
         value(
             after,
             "mlx_manager_requests_total",
-            model="nope",
+            model="unknown",
             endpoint="/v1/chat/completions",
             status="404",
         )

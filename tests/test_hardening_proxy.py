@@ -1,0 +1,130 @@
+"""Issue 11 on the /v1 data plane: bounded model names, OpenAI's statuses for backend errors,
+wrong base URLs, bodies that cannot be parsed or never arrive, and the multipart alias rewrite.
+
+One real gateway for the module, with `command` profiles running the stub model server and
+the echo upstream as real subprocesses.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import AsyncIterator
+
+import pytest
+import pytest_asyncio
+from prometheus_client.parser import text_string_to_metric_families
+
+from tests.support.env import Env, assert_openai_error, chat_body, gateway_env
+
+pytestmark = pytest.mark.asyncio(loop_scope="module")
+
+MODEL = "harden-model"
+ALIAS = "harden-alias"
+
+
+@pytest_asyncio.fixture(scope="module", loop_scope="module")
+async def env(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Env]:
+    async with gateway_env(tmp_path_factory.mktemp("harden")) as env:
+        await env.add_stub(MODEL, "--chunks", "2", aliases=[ALIAS])
+        yield env
+
+
+def rid() -> str:
+    return f"req-{uuid.uuid4().hex}"
+
+
+async def metrics_text(env: Env) -> str:
+    response = await env.http.get("/metrics", headers=env.auth)
+    assert response.status_code == 200, response.text
+    return response.text
+
+
+def requests_by_model(text: str) -> dict[str, float]:
+    """mlx_manager_requests_total summed per `model` label."""
+    totals: dict[str, float] = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name == "mlx_manager_requests_total":
+                model = sample.labels["model"]
+                totals[model] = totals.get(model, 0.0) + sample.value
+    return totals
+
+
+# ---- model names are bounded (must-fix 1) ------------------------------------------------------
+
+
+async def test_a_megabyte_model_name_is_400_and_recorded_nowhere(env: Env) -> None:
+    huge = "m" * 1_000_000
+    before = await metrics_text(env)
+    request_id = rid()
+    response = await env.post(
+        "/v1/chat/completions", chat_body(huge), headers={"x-request-id": request_id}
+    )
+    error = assert_openai_error(response, 400, "invalid_model", "invalid_request_error")
+    assert error["param"] == "model"
+    assert "MLX_MANAGER_MAX_MODEL_NAME_BYTES" in error["message"]
+    assert len(response.content) < 2000  # the answer does not echo the name either
+
+    after = await metrics_text(env)
+    assert "m" * 300 not in after
+    # One new `unknown` series set at most (counter and histograms), not a megabyte.
+    assert len(after) - len(before) < 16 * 1024
+    row = await env.usage_row(request_id)
+    assert row.status == 400
+    assert row.model == ""
+
+
+@pytest.mark.parametrize("unit", ["a", "é"], ids=["ascii", "two-byte"])
+async def test_a_name_of_exactly_the_limit_passes_and_one_byte_more_does_not(
+    env: Env, unit: str
+) -> None:
+    limit = env.settings.max_model_name_bytes
+    width = len(unit.encode())
+    at_limit = unit * (limit // width) + "b" * (limit % width)
+    assert len(at_limit.encode()) == limit
+    response = await env.chat(at_limit)
+    assert_openai_error(response, 404, "model_not_found")
+    over = at_limit + "b"
+    error = assert_openai_error(await env.chat(over), 400, "invalid_model")
+    assert error["param"] == "model"
+
+
+@pytest.mark.parametrize("name", ["bad\nname", "tab\tname", "nul\x00name", "bidi\u202ename"])
+async def test_a_name_with_control_characters_is_400(env: Env, name: str) -> None:
+    error = assert_openai_error(await env.chat(name), 400, "invalid_model")
+    assert error["param"] == "model"
+
+
+async def test_metrics_are_labelled_by_profile_and_unknown_models_share_one_label(
+    env: Env,
+) -> None:
+    before = requests_by_model(await metrics_text(env))
+    names = [f"no-such-model-{uuid.uuid4().hex}" for _ in range(3)]
+    for name in names:
+        assert_openai_error(await env.chat(name), 404, "model_not_found")
+    served = await env.chat(ALIAS, "through the alias")
+    assert served.status_code == 200, served.text
+
+    text = await metrics_text(env)
+    after = requests_by_model(text)
+    assert not any(name in text for name in names)
+    assert ALIAS not in after  # counted under its profile
+    assert after["unknown"] - before.get("unknown", 0.0) == 3
+    assert after[MODEL] - before.get(MODEL, 0.0) == 1
+
+
+async def test_usage_rows_keep_the_requested_name_once_it_is_bounded(env: Env) -> None:
+    unknown = f"no-such-model-{uuid.uuid4().hex}"
+    request_id = rid()
+    response = await env.post(
+        "/v1/chat/completions", chat_body(unknown), headers={"x-request-id": request_id}
+    )
+    assert response.status_code == 404
+    assert (await env.usage_row(request_id)).model == unknown
+
+    request_id = rid()
+    response = await env.post(
+        "/v1/chat/completions", chat_body(ALIAS), headers={"x-request-id": request_id}
+    )
+    assert response.status_code == 200, response.text
+    assert (await env.usage_row(request_id)).model == ALIAS
