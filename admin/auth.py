@@ -20,8 +20,8 @@ from gateway.accounts import (
 from gateway.auth import require_user
 from gateway.errors import BadRequest, Forbidden, ServiceUnavailable, Unauthorized, Unprocessable
 from gateway.http import (
-    ADMIN_BODY_LIMIT,
     JSON,
+    admin_body_limit,
     client_address,
     parse_json,
     read_body,
@@ -108,7 +108,7 @@ async def _read_credentials(request: Request, *, form: bool = False) -> Credenti
     """
     allowed = (JSON, FORM) if form else (JSON,)
     kind = require_media_type(request, *allowed)
-    body = await read_body(request, ADMIN_BODY_LIMIT)
+    body = await read_body(request, admin_body_limit(request))
     if kind == JSON:
         return validate(Credentials, parse_json(body))
     try:

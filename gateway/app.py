@@ -21,6 +21,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from gateway.access_log import AccessLogMiddleware
 from gateway.auth import require_admin
+from gateway.body_limit import AdminBodyLimitMiddleware
 from gateway.errors import GatewayError, error_response, openai_error_response
 from gateway.hosts import HostAllowlistMiddleware, allowed_hosts
 from gateway.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
@@ -144,6 +145,7 @@ def create_app(settings: Settings, control: ControlPlane | None = None) -> Starl
             Middleware(RequestIdMiddleware),
             Middleware(AccessLogMiddleware),
             Middleware(HostAllowlistMiddleware, hosts=allowed_hosts(settings)),
+            Middleware(AdminBodyLimitMiddleware, limit=settings.max_admin_body_bytes),
             Middleware(LastResortErrors),
         ],
         exception_handlers={

@@ -11,7 +11,13 @@ from starlette.requests import Request
 from gateway.errors import BadRequest, PayloadTooLarge, Unprocessable, UnsupportedMediaType
 
 M = TypeVar("M", bound=BaseModel)
-ADMIN_BODY_LIMIT = 1024 * 1024
+ADMIN_BODY_LIMIT = 1024 * 1024  # MLX_MANAGER_MAX_ADMIN_BODY_BYTES' default
+
+
+def admin_body_limit(request: Request) -> int:
+    """The `/api` body limit of this app's settings (the default when none are attached)."""
+    gateway = getattr(request.app.state, "gateway", None)
+    return gateway.settings.max_admin_body_bytes if gateway is not None else ADMIN_BODY_LIMIT
 
 
 JSON = "application/json"
@@ -63,10 +69,10 @@ def parse_json(body: bytes) -> Any:
         raise BadRequest(f"request body is not valid JSON: {exc}") from exc
 
 
-async def read_model(request: Request, model: type[M], limit: int = ADMIN_BODY_LIMIT) -> M:
+async def read_model(request: Request, model: type[M], limit: int | None = None) -> M:
     """Parse and validate a JSON body into `model`, with a 422 that names each bad field."""
     require_media_type(request, JSON)
-    data = parse_json(await read_body(request, limit))
+    data = parse_json(await read_body(request, limit or admin_body_limit(request)))
     return validate(model, data)
 
 

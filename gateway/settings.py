@@ -78,6 +78,7 @@ class Settings(BaseSettings):
     log_backups: Annotated[int, Field(ge=0, le=100)] = 3
 
     max_body_mb: Annotated[float, Field(gt=0, le=4096)] = 100
+    max_admin_body_bytes: Annotated[int, Field(ge=1024, le=100 * 1024 * 1024)] = 1024 * 1024
     # Longest `model` a /v1 request may name (UTF-8 bytes); profile names are at most 200.
     max_model_name_bytes: Annotated[int, Field(ge=200, le=4096)] = 256
     metrics_public: bool = False

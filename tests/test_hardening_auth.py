@@ -3,6 +3,9 @@ floods, body limits on forms. A real gateway on a real port (in-process uvicorn)
 
 from __future__ import annotations
 
+import asyncio
+import socket
+
 import httpx
 import pytest
 
@@ -10,7 +13,7 @@ import gateway.accounts
 import gateway.passwords
 from gateway.hosts import HostAllowlistMiddleware, default_allowed_hosts, host_name
 from tests.conftest import bearer, make_settings, register_and_login
-from tests.support.gateway import running_gateway
+from tests.support.gateway import GatewayHandle, running_gateway
 
 CREDENTIALS = b'{"email": "first@example.com", "password": "first-password"}'
 
@@ -240,3 +243,106 @@ async def test_no_pending_accounts_allowed_still_lets_the_first_admin_in(tmp_pat
     ):
         assert (await register(http, "admin@example.com")).status_code == 201
         assert (await register(http, "other@example.com")).status_code == 503
+
+
+# --- /api body limit -----------------------------------------------------------------------
+
+BOUNDARY = b"x-hardening-boundary"
+
+
+def multipart_login_head(port: int, extra: bytes) -> bytes:
+    return (
+        b"POST /api/auth/login HTTP/1.1\r\nhost: 127.0.0.1:%d\r\n"
+        b"content-type: multipart/form-data; boundary=%s\r\n%s\r\n" % (port, BOUNDARY, extra)
+    )
+
+
+def read_response(sock: socket.socket, data: bytes = b"") -> bytes:
+    """One response (it has a Content-Length), or what came before the server closed."""
+    while True:
+        head, found, body = data.partition(b"\r\n\r\n")
+        if found:
+            length = [
+                int(line.split(b":", 1)[1])
+                for line in head.split(b"\r\n")
+                if line.lower().startswith(b"content-length:")
+            ]
+            if length and len(body) >= length[0]:
+                return data
+        try:
+            chunk = sock.recv(65536)
+        except ConnectionResetError:
+            return data
+        if not chunk:
+            return data
+        data += chunk
+
+
+async def test_a_large_multipart_sign_in_is_413_before_its_body_is_read(
+    gateway: GatewayHandle,
+):
+    """2 MiB declared: refused from the headers alone (the body is never sent, so a gateway
+    that started reading or spooling it would hang here instead of answering)."""
+    port = int(gateway.url.rsplit(":", 1)[1])
+
+    def exchange() -> bytes:
+        with socket.create_connection(("127.0.0.1", port), timeout=60) as sock:
+            sock.sendall(multipart_login_head(port, b"content-length: %d\r\n" % (2 << 20)))
+            sock.sendall(b"--" + BOUNDARY + b"\r\n")
+            return read_response(sock)
+
+    response = await asyncio.to_thread(exchange)
+    assert response.startswith(b"HTTP/1.1 413"), response[:300]
+    assert b"MLX_MANAGER_MAX_ADMIN_BODY_BYTES" in response
+
+
+async def test_a_chunked_upload_to_any_api_route_stops_at_the_limit(gateway: GatewayHandle):
+    """No Content-Length: counted as it arrives, refused soon after 1 MiB."""
+    port = int(gateway.url.rsplit(":", 1)[1])
+    chunk = b"a" * 65536
+    framed = b"%x\r\n%s\r\n" % (len(chunk), chunk)
+
+    def exchange() -> tuple[bytes, int]:
+        sent = 0
+        with socket.create_connection(("127.0.0.1", port), timeout=60) as sock:
+            sock.sendall(
+                b"POST /api/auth/register HTTP/1.1\r\nhost: 127.0.0.1\r\n"
+                b"content-type: application/json\r\ntransfer-encoding: chunked\r\n\r\n"
+            )
+            sock.settimeout(0.01)
+            response = b""
+            while sent < (64 << 20):
+                try:
+                    sock.sendall(framed)
+                    sent += len(chunk)
+                    response += sock.recv(65536)
+                except TimeoutError:
+                    continue
+                except (BrokenPipeError, ConnectionResetError):
+                    break
+                if response:
+                    break
+            sock.settimeout(60)
+            return read_response(sock, response), sent
+
+    response, sent = await asyncio.to_thread(exchange)
+    assert response.startswith(b"HTTP/1.1 413"), response[:300]
+    assert sent < (32 << 20)
+
+
+async def test_the_api_body_limit_is_a_setting(tmp_path):
+    settings = make_settings(tmp_path / "home", max_admin_body_bytes=2048)
+    async with (
+        running_gateway(settings) as handle,
+        httpx.AsyncClient(base_url=handle.url, trust_env=False) as http,
+    ):
+        padding = "p" * 3000
+        big = await http.post(
+            "/api/auth/login", data={"username": "a@example.com", "password": padding}
+        )
+        assert big.status_code == 413
+        assert big.json()["code"] == "request_too_large"
+        small = await http.post(
+            "/api/auth/login", data={"username": "a@example.com", "password": "p" * 1000}
+        )
+        assert small.status_code == 401
