@@ -2,21 +2,16 @@
 
 from __future__ import annotations
 
-from datetime import timedelta
-
-from sqlmodel import select
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from admin.schemas import KeyCreate, public_key
+from gateway import store
 from gateway.auth import authenticator_of, require_user
 from gateway.errors import Forbidden, NotFound
 from gateway.http import read_model
 from gateway.runtime import gateway_of
-from gateway.tables import ApiKey, User
-from gateway.tokens import api_key_display_prefix, hash_api_key, new_api_key
-from gateway.types import utcnow
 
 
 async def create_key(request: Request) -> Response:
@@ -24,20 +19,14 @@ async def create_key(request: Request) -> Response:
     if principal.key_id is not None:
         raise Forbidden("an API key cannot create keys; sign in with a password", code="key_scope")
     body = await read_model(request, KeyCreate)
-    secret = new_api_key()
-    key = ApiKey(
-        user_id=principal.user_id,
-        name=body.name,
-        prefix=api_key_display_prefix(secret),
-        key_hash=hash_api_key(secret),
-        models=sorted(set(body.models)) if body.models else None,
-        expires_at=utcnow() + timedelta(days=body.expires_in_days)
-        if body.expires_in_days
-        else None,
-    )
     async with gateway_of(request).sessions() as session:
-        session.add(key)
-        await session.commit()
+        key, secret = await store.keys.create_key(
+            session,
+            user_id=principal.user_id,
+            name=body.name,
+            models=body.models,
+            expires_in_days=body.expires_in_days,
+        )
     return JSONResponse({**public_key(key), "key": secret}, status_code=201)
 
 
@@ -45,22 +34,19 @@ async def list_keys(request: Request) -> Response:
     """Your own keys; an admin sees everyone's (`?all=true` is implied for admins)."""
     principal = await require_user(request)
     await gateway_of(request).usage.flush()  # so last_used_at includes the latest requests
-    query = select(ApiKey, User).join(User).order_by(ApiKey.id)  # type: ignore[arg-type]
-    if not principal.is_admin:
-        query = query.where(ApiKey.user_id == principal.user_id)
+    owner = None if principal.is_admin else principal.user_id
     async with gateway_of(request).sessions() as session:
-        rows = (await session.exec(query)).all()
+        rows = await store.keys.list_keys(session, user_id=owner)
     return JSONResponse([{**public_key(key), "user_email": user.email} for key, user in rows])
 
 
 async def delete_key(request: Request) -> Response:
     principal = await require_user(request)
     async with gateway_of(request).sessions() as session:
-        key = await session.get(ApiKey, request.path_params["key_id"])
+        key = await store.keys.get_key(session, request.path_params["key_id"])
         if key is None or (key.user_id != principal.user_id and not principal.is_admin):
             raise NotFound("no API key with this id", code="key_not_found")
-        await session.delete(key)
-        await session.commit()
+        await store.keys.delete_key(session, key)
     authenticator_of(request).forget_key(request.path_params["key_id"])
     return Response(status_code=204)
 

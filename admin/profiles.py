@@ -11,14 +11,13 @@ from pathlib import Path
 from typing import Annotated, Any
 
 from pydantic import Field, field_validator
-from sqlalchemy.exc import IntegrityError
-from sqlmodel.ext.asyncio.session import AsyncSession
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from admin.schemas import Strict
 from admin.servers import server_of
+from gateway import store
 from gateway.auth import Principal, require_admin, require_user
 from gateway.errors import Conflict, NotFound, Unprocessable
 from gateway.http import read_model
@@ -27,8 +26,9 @@ from gateway.hub.model_info import Kind, describe_model
 from gateway.runtime import Gateway, gateway_of
 from gateway.serving.launch import BackendUnavailable, build_command
 from gateway.tables import ServerProfile
-from gateway.types import ModelType, iso_utc, utcnow
+from gateway.types import ModelType, iso_utc
 
+MASK = "***"  # what an env value reads as to anyone but an admin signed in with a password
 Name = Annotated[str, Field(min_length=1, max_length=200, pattern=r"^[A-Za-z0-9][\w.:/@+-]*$")]
 
 
@@ -81,7 +81,7 @@ def public_profile(
 ) -> dict[str, Any]:
     data = profile.model_dump(mode="json")
     if not reveal:
-        data["env"] = dict.fromkeys(data["env"], "***")
+        data["env"] = dict.fromkeys(data["env"], MASK)
     data["need_bytes"] = need_bytes
     data["created_at"] = iso_utc(profile.created_at)
     data["updated_at"] = iso_utc(profile.updated_at)
@@ -90,7 +90,7 @@ def public_profile(
 
 
 async def create_profile(request: Request) -> Response:
-    await require_admin(request)
+    principal = await require_admin(request)
     gateway = gateway_of(request)
     body = await read_model(request, ProfileCreate)
     profile = ServerProfile(**body.model_dump(exclude_none=False, exclude={"model_path"}))
@@ -98,11 +98,11 @@ async def create_profile(request: Request) -> Response:
     async with gateway.servers.profile_writes:  # check-then-insert must not interleave
         await _validate(gateway, profile)
         async with gateway.sessions() as session:
-            session.add(profile)
-            await _commit(session, profile)
+            await store.profiles.add_profile(session, profile)
         server = await gateway.servers.add_profile(profile)
     return JSONResponse(
-        public_profile(profile, server.state, server.need_bytes, reveal=True), status_code=201
+        public_profile(profile, server.state, server.need_bytes, reveal=_may_see_env(principal)),
+        status_code=201,
     )
 
 
@@ -128,29 +128,45 @@ def _may_see_env(principal: Principal) -> bool:
 
 
 async def update_profile(request: Request) -> Response:
-    await require_admin(request)
+    principal = await require_admin(request)
     gateway = gateway_of(request)
     server = server_of(request)
     body = await read_model(request, ProfileUpdate)
     # Held through the restart too: a second edit must not be overtaken by the first.
     async with gateway.servers.profile_writes:
         async with gateway.sessions() as session:
-            profile = await session.get(ServerProfile, server.profile_id)
+            profile = await store.profiles.get_profile(session, server.profile_id)
             if profile is None:
                 raise NotFound("no profile with this id", code="profile_not_found")
-            for key in body.model_fields_set:
-                value = getattr(body, key)
-                if key == "model_path" and value is None:
-                    value = ""
-                if key == "model_type" and value is None:
-                    continue
-                setattr(profile, key, value)
-            profile.updated_at = utcnow()
-            await _validate(gateway, profile)
-            session.add(profile)
-            await _commit(session, profile)
-        await gateway.servers.update_profile(profile)
-    return JSONResponse(public_profile(profile, server.state, server.need_bytes, reveal=True))
+            changed = _apply(profile, body)
+            if changed:
+                await _validate(gateway, profile)
+                await store.profiles.save_profile(session, profile)
+        if changed:
+            await gateway.servers.update_profile(profile)
+    reveal = _may_see_env(principal)
+    return JSONResponse(public_profile(profile, server.state, server.need_bytes, reveal=reveal))
+
+
+def _apply(profile: ServerProfile, body: ProfileUpdate) -> bool:
+    """Copy the fields sent onto `profile`; whether any value really changed.
+
+    An env value sent back as the mask ("***", what a key's GET shows) keeps the stored value,
+    so a read-edit-write round trip cannot overwrite a secret with the mask.
+    """
+    changed = False
+    for key in body.model_fields_set:
+        value = getattr(body, key)
+        if key == "model_path" and value is None:
+            value = ""
+        if key == "model_type" and value is None:
+            continue
+        if key == "env":
+            value = {k: profile.env.get(k, v) if v == MASK else v for k, v in value.items()}
+        if getattr(profile, key) != value:
+            setattr(profile, key, value)
+            changed = True
+    return changed
 
 
 async def delete_profile(request: Request) -> Response:
@@ -160,20 +176,8 @@ async def delete_profile(request: Request) -> Response:
     async with gateway.servers.profile_writes:
         await gateway.servers.remove_profile(server.profile_id)
         async with gateway.sessions() as session:
-            profile = await session.get(ServerProfile, server.profile_id)
-            if profile is not None:
-                await session.delete(profile)
-                await session.commit()
+            await store.profiles.delete_profile(session, server.profile_id)
     return Response(status_code=204)
-
-
-async def _commit(session: AsyncSession, profile: ServerProfile) -> None:
-    try:
-        await session.commit()
-    except IntegrityError as exc:
-        await session.rollback()
-        message = f"the name {profile.name!r} is already used by another profile"
-        raise Conflict(message, code="name_taken") from exc
 
 
 async def _validate(gateway: Gateway, profile: ServerProfile) -> None:

@@ -3,21 +3,16 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime
-from typing import Any
 
-from sqlalchemy import case, func
-from sqlalchemy import select as sql_select
-from sqlmodel import col, select
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from gateway import store
 from gateway.auth import require_user
 from gateway.errors import BadRequest
 from gateway.runtime import gateway_of
-from gateway.tables import ApiKey, Usage, User
-
-GROUPS = ("user", "model", "key")
+from gateway.store.usage import GROUPS, GroupBy
 
 
 def _when(request: Request, name: str) -> datetime | None:
@@ -31,44 +26,35 @@ def _when(request: Request, name: str) -> datetime | None:
     return value if value.tzinfo else value.replace(tzinfo=UTC)
 
 
+def _group_by(request: Request) -> GroupBy:
+    value = request.query_params.get("group_by", "model")
+    for group in GROUPS:
+        if value == group:
+            return group
+    raise BadRequest(f"group_by must be one of: {', '.join(GROUPS)}", param="group_by")
+
+
 async def usage_report(request: Request) -> Response:
     principal = await require_user(request)
-    group_by = request.query_params.get("group_by", "model")
-    if group_by not in GROUPS:
-        raise BadRequest(f"group_by must be one of: {', '.join(GROUPS)}", param="group_by")
+    group_by = _group_by(request)
     since, until = _when(request, "since"), _when(request, "until")
     await gateway_of(request).usage.flush()  # include what is still in the write buffer
 
-    column: Any = {"user": Usage.user_id, "model": Usage.model, "key": Usage.key_id}[group_by]
-    query = sql_select(
-        column,
-        func.count(),
-        func.coalesce(func.sum(Usage.prompt_tokens), 0),
-        func.coalesce(func.sum(Usage.completion_tokens), 0),
-        func.avg(Usage.latency_ms),
-        func.sum(case((col(Usage.status) >= 400, 1), else_=0)),
-    ).group_by(column)
-    if not principal.is_admin:
-        query = query.where(col(Usage.user_id) == principal.user_id)
-    if since is not None:
-        query = query.where(col(Usage.created_at) >= since)
-    if until is not None:
-        query = query.where(col(Usage.created_at) < until)
-
+    owner = None if principal.is_admin else principal.user_id
     async with gateway_of(request).sessions() as session:
-        conn = await session.connection()
-        rows = (await conn.execute(query)).all()
-        labels = await _labels(session, group_by, [row[0] for row in rows])
+        rows = await store.usage.usage_groups(
+            session, group_by, user_id=owner, since=since, until=until
+        )
     groups = [
         {
-            group_by: labels.get(row[0], row[0]),
-            f"{group_by}_id" if group_by != "model" else "model_id": row[0],
-            "requests": row[1],
-            "prompt_tokens": int(row[2]),
-            "completion_tokens": int(row[3]),
-            "total_tokens": int(row[2]) + int(row[3]),
-            "avg_latency_ms": round(float(row[4] or 0), 2),
-            "errors": int(row[5] or 0),
+            group_by: row.label,
+            f"{group_by}_id" if group_by != "model" else "model_id": row.id,
+            "requests": row.requests,
+            "prompt_tokens": row.prompt_tokens,
+            "completion_tokens": row.completion_tokens,
+            "total_tokens": row.prompt_tokens + row.completion_tokens,
+            "avg_latency_ms": row.avg_latency_ms,
+            "errors": row.errors,
         }
         for row in rows
     ]
@@ -81,18 +67,6 @@ async def usage_report(request: Request) -> Response:
             "groups": groups,
         }
     )
-
-
-async def _labels(session: Any, group_by: str, ids: list[Any]) -> dict[Any, str]:
-    """Readable names for ids: users by email, keys by name."""
-    wanted = [i for i in ids if i is not None]
-    if group_by == "user" and wanted:
-        users = (await session.exec(select(User).where(col(User.id).in_(wanted)))).all()
-        return {u.id: u.email for u in users}
-    if group_by == "key" and wanted:
-        keys = (await session.exec(select(ApiKey).where(col(ApiKey.id).in_(wanted)))).all()
-        return {k.id: f"{k.name} ({k.prefix}...)" for k in keys}
-    return {}
 
 
 routes = [Route("/api/usage", usage_report, methods=["GET"])]

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 
+from gateway import store
 from gateway.hub.model_info import (
     REASONING_PARSERS,
     TOOL_CALL_PARSERS,
@@ -48,8 +49,7 @@ async def profile_on_demand(gateway: Gateway, model: str) -> ManagedServer | Non
             return existing
         profile = ServerProfile(**cached.profile_fields(cached.repo_id))
         async with gateway.sessions() as session:
-            session.add(profile)
-            await session.commit()
+            await store.profiles.add_profile(session, profile)
         log.info("created profile %r for cached model %s", model, cached.repo_id)
         return await gateway.servers.add_profile(profile)
 

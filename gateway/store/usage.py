@@ -1,0 +1,83 @@
+"""Usage rows (`usage`): totals per user, model or key for the usage report."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any, Literal
+
+from sqlalchemy import case, func
+from sqlalchemy import select as sql_select
+from sqlmodel import col, select
+from sqlmodel.ext.asyncio.session import AsyncSession
+
+from gateway.tables import ApiKey, Usage, User
+
+GroupBy = Literal["user", "model", "key"]
+GROUPS: tuple[GroupBy, ...] = ("user", "model", "key")
+
+
+@dataclass(frozen=True, slots=True)
+class UsageGroup:
+    """One line of the report: what `id` (a user id, model name or key id) used."""
+
+    id: Any
+    label: Any  # users by email, keys by "name (prefix...)", models by name
+    requests: int
+    prompt_tokens: int
+    completion_tokens: int
+    avg_latency_ms: float
+    errors: int
+
+
+async def usage_groups(
+    session: AsyncSession,
+    group_by: GroupBy,
+    *,
+    user_id: int | None = None,
+    since: datetime | None = None,
+    until: datetime | None = None,
+) -> list[UsageGroup]:
+    """Totals grouped by `group_by` over [since, until); only `user_id`'s rows when given."""
+    column: Any = {"user": Usage.user_id, "model": Usage.model, "key": Usage.key_id}[group_by]
+    query = sql_select(
+        column,
+        func.count(),
+        func.coalesce(func.sum(Usage.prompt_tokens), 0),
+        func.coalesce(func.sum(Usage.completion_tokens), 0),
+        func.avg(Usage.latency_ms),
+        func.sum(case((col(Usage.status) >= 400, 1), else_=0)),
+    ).group_by(column)
+    if user_id is not None:
+        query = query.where(col(Usage.user_id) == user_id)
+    if since is not None:
+        query = query.where(col(Usage.created_at) >= since)
+    if until is not None:
+        query = query.where(col(Usage.created_at) < until)
+    conn = await session.connection()
+    rows = (await conn.execute(query)).all()
+    labels = await _labels(session, group_by, [row[0] for row in rows])
+    return [
+        UsageGroup(
+            id=row[0],
+            label=labels.get(row[0], row[0]),
+            requests=row[1],
+            prompt_tokens=int(row[2]),
+            completion_tokens=int(row[3]),
+            avg_latency_ms=round(float(row[4] or 0), 2),
+            errors=int(row[5] or 0),
+        )
+        for row in rows
+    ]
+
+
+async def _labels(session: AsyncSession, group_by: GroupBy, ids: list[Any]) -> dict[Any, str]:
+    """Readable names for ids: users by email, keys by name."""
+    wanted = [i for i in ids if i is not None]
+    if group_by == "user" and wanted:
+        users = (await session.exec(select(User).where(col(User.id).in_(wanted)))).all()
+        return {u.id: u.email for u in users}
+    if group_by == "key" and wanted:
+        keys = (await session.exec(select(ApiKey).where(col(ApiKey.id).in_(wanted)))).all()
+        return {k.id: f"{k.name} ({k.prefix}...)" for k in keys}
+    return {}
