@@ -20,7 +20,7 @@ import os
 import shutil
 import time
 from collections.abc import Awaitable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -45,8 +45,8 @@ from gateway.serving.process import (
     port_is_free,
 )
 from gateway.settings import Settings
-from gateway.tables import RunningInstance, ServerProfile
-from gateway.types import ALIVE, GIB, RUNNING, ServerState, iso_utc
+from gateway.tables import RunningInstance, ServerProfile, launch_changed
+from gateway.types import ALIVE, RUNNING, ServerState, iso_utc
 
 log = logging.getLogger("mlx_manager.servers")
 MAX_RETRY_AFTER = 120  # the OpenAI SDK will not honour a longer Retry-After
@@ -86,6 +86,7 @@ class ManagedServer:
     task: asyncio.Task[None] | None = None  # the one start or stop under way
     meter: ProcessTreeMeter | None = None
     restarts: int = 0
+    attempt: int = 0  # starts begun; a waiter remembers which one it joined
 
     @property
     def name(self) -> str:
@@ -110,6 +111,10 @@ class ManagedServer:
             pinned=self.profile.pinned,
             last_used=self.last_used,
             idle_ttl=ttl,
+            removed=self.removed,
+            attempt=self.attempt,
+            transition_done=self.task is not None and self.task.done(),
+            last_error=self.last_error,
         )
 
     def snapshot(self) -> dict[str, Any]:
@@ -235,18 +240,20 @@ class ServerManager:
         return server
 
     async def update_profile(self, profile: ServerProfile) -> None:
-        """Swap in the new settings; a running server restarts to pick them up."""
+        """Swap in the new settings; a running server restarts only when a launch field
+        changed (`LAUNCH_FIELDS`): a new alias or idle TTL is no reason to drop its requests."""
         assert profile.id is not None
         server = self._servers.get(profile.id)
         if server is None:
             await self.add_profile(profile)
             return
-        was_running = server.state in RUNNING
+        was_running = server.state in RUNNING and launch_changed(server.profile, profile)
         if was_running:
             await self.stop(server, reason="profile changed")
         server.profile = profile.model_copy()
         server.estimate_bytes = await self._estimate(server.profile)
-        server.measured_bytes = 0
+        if server.state not in RUNNING:
+            server.measured_bytes = 0
         self._index()
         if was_running:
             self._spawn_background(self._start_quietly(server))
@@ -338,12 +345,10 @@ class ServerManager:
         A request counts as in flight only once granted here: a caller cancelled while waiting
         holds nothing.
         """
-        deadline = time.monotonic() + self.settings.queue_timeout
-        while True:
-            if server.state == "ready" and not server.removed:
-                server.inflight += 1
-                return Lease(self, server)
-            await self._make_ready(server, deadline)
+        await self._until_ready(server, time.monotonic() + self.settings.queue_timeout)
+        # No await since the policy said Ready: the grant happens in the state it saw.
+        server.inflight += 1
+        return Lease(self, server)
 
     def _release(self, server: ManagedServer) -> None:
         server.inflight -= 1
@@ -353,64 +358,54 @@ class ServerManager:
 
     async def ensure_ready(self, server: ManagedServer, within: float | None = None) -> None:
         """Until ready, waiting at most `within` seconds (default: the queue timeout)."""
-        deadline = time.monotonic() + (self.settings.queue_timeout if within is None else within)
-        while server.state != "ready":
-            await self._make_ready(server, deadline)
+        wait = self.settings.queue_timeout if within is None else within
+        await self._until_ready(server, time.monotonic() + wait)
 
-    async def _make_ready(self, server: ManagedServer, deadline: float) -> None:
-        """One step towards ready; returns after any change so the caller re-checks."""
-        if server.removed:
-            raise ProfileRemoved(f"the model {server.name!r} was removed")
-        if server.state == "starting" or server.state == "stopping":
-            assert server.task is not None
-            task = server.task
-            # Join the start or stop under way. asyncio.wait neither raises the task's error
-            # nor cancels the task when this caller is cancelled (or gives up).
-            remaining = deadline - time.monotonic()
-            await asyncio.wait({task}, timeout=max(remaining, 0))
-            if task.done() and server.task is task and server.state in ("starting", "stopping"):
-                raise StartFailed(server.last_error or f"{server.name}: the start did not finish")
-            if not task.done():
-                raise QueueTimeout(
-                    f"model {server.name!r} is still {server.state}; it keeps going in the "
-                    "background, try again shortly",
-                    headers={"Retry-After": str(self._retry_after())},
-                )
-            if _start_failed(server, task):
-                raise StartFailed(server.last_error or f"{server.name}: start failed")
-            return
-        decision = scheduler.plan_start(
-            server.name, server.need_bytes, self._views(), self.cap_bytes
+    async def _until_ready(self, server: ManagedServer, deadline: float) -> None:
+        """Perform the policy's steps (`scheduler.next_step`) until it says Ready."""
+        request = scheduler.Request(server.name, deadline)
+        while True:
+            step = scheduler.next_step(self._view_of(server), request, time.monotonic())
+            if isinstance(step, scheduler.Ready):
+                return
+            if isinstance(step, scheduler.Join):
+                assert server.task is not None
+                request = replace(request, joined_attempt=step.attempt)
+                # asyncio.wait neither raises the task's error nor cancels the task when this
+                # caller is cancelled (or gives up): the start goes on for the others.
+                await asyncio.wait({server.task}, timeout=max(deadline - time.monotonic(), 0))
+            elif isinstance(step, scheduler.Start):
+                self._begin_start(server)
+            elif isinstance(step, scheduler.Evict):
+                for name in step.victims:
+                    victim = self._names[name]
+                    log.info("evicting %s to make room for %s", name, server.name)
+                    self.events.evictions += 1
+                    self._begin_stop(victim, reason=f"evicted to make room for {server.name}")
+            elif isinstance(step, scheduler.Wait):
+                self.events.waiting += 1
+                try:
+                    await self._changed.wait(deadline - time.monotonic())
+                finally:
+                    self.events.waiting -= 1
+            else:
+                raise self._failure(step)
+
+    def _failure(self, step: scheduler.Fail) -> Exception:
+        if step.reason == "removed":
+            return ProfileRemoved(step.message)
+        if step.reason == "too_large":
+            return ModelTooLarge(step.message, param="model")
+        if step.reason == "queue_timeout":
+            return QueueTimeout(step.message, headers={"Retry-After": str(self._retry_after())})
+        return StartFailed(step.message)
+
+    def _view_of(self, server: ManagedServer) -> scheduler.View:
+        return scheduler.View(
+            target=server.view(self.settings.idle_ttl),
+            servers=tuple(self._views()),
+            cap_bytes=self.cap_bytes,
         )
-        if isinstance(decision, scheduler.Admit):
-            self._begin_start(server)
-        elif isinstance(decision, scheduler.Evict):
-            for name in decision.victims:
-                victim = self._names[name]
-                log.info("evicting %s to make room for %s", name, server.name)
-                self.events.evictions += 1
-                self._begin_stop(victim, reason=f"evicted to make room for {server.name}")
-        elif isinstance(decision, scheduler.NeverFits):
-            raise ModelTooLarge(
-                f"model {server.name!r} needs {decision.need_bytes / GIB:.2f} GB but the memory "
-                f"cap for all model servers is {decision.cap_bytes / GIB:.2f} GB; raise "
-                "MLX_MANAGER_MAX_MEMORY_GB (or _PERCENT) or lower the profile's memory_gb",
-                param="model",
-            )
-        else:
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                raise QueueTimeout(
-                    f"model {server.name!r} is waiting for memory held by busy servers "
-                    f"({', '.join(decision.blockers)}); "
-                    f"{decision.shortfall_bytes / GIB:.2f} GB short; try again shortly",
-                    headers={"Retry-After": str(self._retry_after())},
-                )
-            self.events.waiting += 1
-            try:
-                await self._changed.wait(remaining)
-            finally:
-                self.events.waiting -= 1
 
     def _retry_after(self) -> int:
         return max(1, min(MAX_RETRY_AFTER, math.ceil(self.settings.queue_timeout / 4)))
@@ -423,6 +418,7 @@ class ServerManager:
 
     def _begin_start(self, server: ManagedServer) -> asyncio.Task[None]:
         server.state = "starting"
+        server.attempt += 1
         server.last_error = None
         # The previous process is gone: a stop racing this start must never signal its pid.
         server.process = None
@@ -725,11 +721,6 @@ class ServerManager:
         task = asyncio.ensure_future(coro)
         self._background.add(task)
         task.add_done_callback(self._background.discard)
-
-
-def _start_failed(server: ManagedServer, task: asyncio.Task[None]) -> bool:
-    """Whether the start this caller joined ended in failure (not a later start or stop)."""
-    return server.state == "failed" and server.task is task
 
 
 def _reset_folder(path: Path) -> None:

@@ -1,8 +1,10 @@
-"""Memory policy for model servers: decides, never acts.
+"""What to do next for a request, and which servers to stop: decides, never acts.
 
 Split as in llama-swap's router: this module is a set of pure functions over
-snapshots (`ServerView`), and the effects layer (the supervisor) does the
-starting, stopping and waiting. Keeping the decision free of asyncio, I/O and
+snapshots (`ServerView`, `View`), and the effects layer (`gateway.serving.manager`)
+does the starting, stopping and waiting. `next_step` is the whole request
+decision tree (join, fail, start, evict, wait); `plan_start` is its memory part;
+`expired` and `next_expiry` drive the idle reaper. Keeping the decision free of asyncio, I/O and
 clocks (`now` is passed in) means every eviction rule can be tested
 synchronously and exhaustively without processes or sleeps, and the caller can
 run it inside a plain `def` on the event loop, where it is atomic without locks.
@@ -16,20 +18,29 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import TypeAlias
+from typing import Literal, TypeAlias
 
-from gateway.types import ALIVE, ServerState
+from gateway.types import ALIVE, GIB, ServerState
 
 __all__ = [
     "Admit",
     "Decision",
     "Evict",
+    "Fail",
+    "FailReason",
+    "Join",
     "NeverFits",
+    "Ready",
+    "Request",
     "ServerState",
     "ServerView",
+    "Start",
+    "Step",
+    "View",
     "Wait",
     "expired",
     "next_expiry",
+    "next_step",
     "plan_start",
     "resident_bytes",
 ]
@@ -46,6 +57,11 @@ class ServerView:
     pinned: bool = False
     last_used: float = 0.0  # monotonic seconds; end of the last request (or start time)
     idle_ttl: float = 0.0  # seconds; 0 = never expires
+    # What the request decision tree needs to know about its target besides the above.
+    removed: bool = False  # the profile was deleted while requests waited for it
+    attempt: int = 0  # how many starts were begun: names the latest one
+    transition_done: bool = False  # the start or stop task under way has finished
+    last_error: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -170,3 +186,117 @@ def next_expiry(servers: Iterable[ServerView], now: float) -> float | None:
     if not remaining:
         return None
     return max(0.0, min(remaining))
+
+
+# ---- the request decision tree -----------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class View:
+    """Everything `next_step` reads: the target, every server, the memory cap."""
+
+    target: ServerView
+    servers: tuple[ServerView, ...]  # the target may be among them (it is ignored there)
+    cap_bytes: int
+
+
+@dataclass(frozen=True, slots=True)
+class Request:
+    """One caller waiting for `target` to be ready, as far as the policy cares."""
+
+    target: str
+    deadline: float  # monotonic seconds; past it, waiting ends in a queue timeout
+    joined_attempt: int | None = None  # the start attempt this caller has waited on
+
+
+@dataclass(frozen=True, slots=True)
+class Ready:
+    """The target is ready: grant it (with no await before the grant)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Join:
+    """A start or stop of the target is under way: wait for it (until the deadline)."""
+
+    attempt: int  # remember it, so a failure of this very start is reported, not retried
+
+
+@dataclass(frozen=True, slots=True)
+class Start:
+    """The target fits: begin its start."""
+
+
+FailReason: TypeAlias = Literal["removed", "start_failed", "too_large", "queue_timeout"]
+
+
+@dataclass(frozen=True, slots=True)
+class Fail:
+    """Give up with this error; `message` says what happened and what to do next."""
+
+    reason: FailReason
+    message: str
+
+
+Step: TypeAlias = Ready | Join | Start | Evict | Wait | Fail
+
+
+def next_step(view: View, request: Request, now: float) -> Step:
+    """The next thing to do for `request`; the caller performs it and asks again.
+
+    1. The profile was removed: fail (`removed`).
+    2. The target is ready: `Ready`.
+    3. A start or stop is under way:
+       3a. its task has ended without settling the state: fail (`start_failed`);
+       3b. the deadline has passed: fail (`queue_timeout`), the start goes on;
+       3c. otherwise `Join` it.
+    4. The start this request waited on failed: fail (`start_failed`) with its error.
+    5. Memory (`plan_start`):
+       5a. the target can never fit under the cap: fail (`too_large`);
+       5b. it fits: `Start`;
+       5c. idle servers are in the way: `Evict` them (least recently used first);
+       5d. only busy (or stopping) servers are in the way: `Wait` for a change, or fail
+           (`queue_timeout`) once the deadline has passed.
+    """
+    target = view.target
+    name = target.name
+    # 1. removed
+    if target.removed:
+        return Fail("removed", f"the model {name!r} was removed")
+    # 2. ready
+    if target.state == "ready":
+        return Ready()
+    # 3. a start or stop under way
+    if target.state in ("starting", "stopping"):
+        if target.transition_done:  # 3a
+            return Fail("start_failed", target.last_error or f"{name}: the start did not finish")
+        if now >= request.deadline:  # 3b
+            return Fail(
+                "queue_timeout",
+                f"model {name!r} is still {target.state}; it keeps going in the background, "
+                "try again shortly",
+            )
+        return Join(attempt=target.attempt)  # 3c
+    # 4. the start this request waited on failed
+    if target.state == "failed" and request.joined_attempt == target.attempt:
+        return Fail("start_failed", target.last_error or f"{name}: start failed")
+    # 5. memory
+    decision = plan_start(name, target.need_bytes, view.servers, view.cap_bytes)
+    if isinstance(decision, NeverFits):  # 5a
+        return Fail(
+            "too_large",
+            f"model {name!r} needs {decision.need_bytes / GIB:.2f} GB but the memory cap for "
+            f"all model servers is {decision.cap_bytes / GIB:.2f} GB; raise "
+            "MLX_MANAGER_MAX_MEMORY_GB (or _PERCENT) or lower the profile's memory_gb",
+        )
+    if isinstance(decision, Admit):  # 5b
+        return Start()
+    if isinstance(decision, Evict):  # 5c
+        return decision
+    if now >= request.deadline:  # 5d
+        return Fail(
+            "queue_timeout",
+            f"model {name!r} is waiting for memory held by busy servers "
+            f"({', '.join(decision.blockers)}); "
+            f"{decision.shortfall_bytes / GIB:.2f} GB short; try again shortly",
+        )
+    return decision

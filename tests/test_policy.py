@@ -1,8 +1,9 @@
-"""Unit tests for the pure memory policy in gateway.scheduler (no processes, no sleeps)."""
+"""Unit tests for the pure policy in gateway.serving.policy (no processes, no sleeps)."""
 
 from __future__ import annotations
 
 import random
+from dataclasses import replace
 from typing import get_args
 
 import pytest
@@ -10,12 +11,19 @@ import pytest
 from gateway.serving.policy import (
     Admit,
     Evict,
+    Fail,
+    Join,
     NeverFits,
+    Ready,
+    Request,
     ServerState,
     ServerView,
+    Start,
+    View,
     Wait,
     expired,
     next_expiry,
+    next_step,
     plan_start,
     resident_bytes,
 )
@@ -512,3 +520,126 @@ def test_plan_start_converges_when_evictions_are_applied(seed: int) -> None:
             gone = set(decision.victims)
             after = [sv(s.name, "stopped", s.need_bytes) if s.name in gone else s for s in servers]
             assert plan_start("t", need, after, cap) == Admit()
+
+
+# --- next_step: the request decision tree, one test per numbered step ----------------------
+
+NOW = 1000.0
+LATER = NOW + 60  # a deadline still ahead
+
+
+def step_for(
+    target: ServerView,
+    *others: ServerView,
+    cap: int = 4 * GB,
+    deadline: float = LATER,
+    joined: int | None = None,
+) -> object:
+    view = View(target=target, servers=(target, *others), cap_bytes=cap)
+    return next_step(view, Request(target.name, deadline, joined_attempt=joined), NOW)
+
+
+def target(state: ServerState = "stopped", need: int = GB, **fields: object) -> ServerView:
+    return replace(sv("t", state, need), **fields)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("state", STATES)
+def test_step1_a_removed_profile_fails_whatever_its_state(state: ServerState) -> None:
+    step = step_for(target(state, removed=True))
+    assert isinstance(step, Fail)
+    assert step.reason == "removed"
+    assert "'t' was removed" in step.message
+
+
+def test_step2_a_ready_target_is_ready_even_past_the_deadline() -> None:
+    assert step_for(target("ready"), deadline=NOW - 1) == Ready()
+
+
+def test_step2_a_ready_target_is_ready_even_when_memory_is_over_the_cap() -> None:
+    assert step_for(target("ready"), sv("big", need=10 * GB), cap=GB) == Ready()
+
+
+@pytest.mark.parametrize("state", ["starting", "stopping"])
+def test_step3a_a_finished_task_that_left_the_state_unsettled_fails(state: ServerState) -> None:
+    step = step_for(target(state, transition_done=True, last_error="t: boom"))
+    assert step == Fail("start_failed", "t: boom")
+    unexplained = step_for(target(state, transition_done=True))
+    assert unexplained == Fail("start_failed", "t: the start did not finish")
+
+
+@pytest.mark.parametrize("state", ["starting", "stopping"])
+def test_step3b_past_the_deadline_a_start_or_stop_under_way_is_a_queue_timeout(
+    state: ServerState,
+) -> None:
+    step = step_for(target(state), deadline=NOW)
+    assert isinstance(step, Fail)
+    assert step.reason == "queue_timeout"
+    assert f"still {state}" in step.message
+
+
+@pytest.mark.parametrize("state", ["starting", "stopping"])
+def test_step3c_a_start_or_stop_under_way_is_joined_with_its_attempt(state: ServerState) -> None:
+    assert step_for(target(state, attempt=7)) == Join(attempt=7)
+
+
+def test_step3c_joining_never_evicts_or_starts_even_when_memory_is_short() -> None:
+    assert step_for(target("starting", attempt=1), sv("idle"), cap=GB) == Join(attempt=1)
+
+
+def test_step4_the_start_this_request_waited_on_failed() -> None:
+    failed = target("failed", attempt=3, last_error="t: exited with code 3")
+    assert step_for(failed, joined=3) == Fail("start_failed", "t: exited with code 3")
+    assert step_for(target("failed", attempt=3), joined=3) == Fail(
+        "start_failed", "t: start failed"
+    )
+
+
+def test_step4_a_failure_of_an_earlier_start_is_retried() -> None:
+    # A request that never joined that start (or joined an older one) tries again.
+    failed = target("failed", attempt=3, last_error="t: exited")
+    assert step_for(failed) == Start()
+    assert step_for(failed, joined=2) == Start()
+
+
+def test_step5a_a_target_over_the_whole_cap_fails_at_once() -> None:
+    step = step_for(target(need=5 * GB), cap=4 * GB)
+    assert isinstance(step, Fail)
+    assert step.reason == "too_large"
+    assert "needs 5.00 GB" in step.message
+    assert "4.00 GB" in step.message
+
+
+@pytest.mark.parametrize("state", ["stopped", "failed"])
+def test_step5b_a_target_that_fits_starts(state: ServerState) -> None:
+    assert step_for(target(state), sv("other", need=3 * GB)) == Start()
+
+
+def test_step5c_idle_servers_in_the_way_are_evicted_lru_first() -> None:
+    step = step_for(
+        target(need=2 * GB),
+        sv("old", need=GB, last_used=1),
+        sv("new", need=GB, last_used=2),
+        sv("busy", need=GB, inflight=1),
+        sv("pinned", need=GB, pinned=True),
+        cap=5 * GB,
+    )
+    assert step == Evict(victims=("old",))
+
+
+def test_step5d_busy_servers_in_the_way_mean_wait_before_the_deadline() -> None:
+    step = step_for(target(need=2 * GB), sv("busy", need=3 * GB, inflight=1))
+    assert step == Wait(blockers=("busy",), shortfall_bytes=GB)
+
+
+def test_step5d_past_the_deadline_waiting_for_memory_is_a_queue_timeout() -> None:
+    step = step_for(target(need=2 * GB), sv("busy", need=3 * GB, inflight=1), deadline=NOW)
+    assert isinstance(step, Fail)
+    assert step.reason == "queue_timeout"
+    assert "(busy)" in step.message
+    assert "1.00 GB short" in step.message
+
+
+def test_every_step_is_frozen() -> None:
+    step = step_for(target("starting", attempt=1))
+    with pytest.raises(AttributeError):
+        step.attempt = 2  # type: ignore[attr-defined]
