@@ -82,6 +82,34 @@ class ServerProfile(SQLModel, table=True):
     updated_at: datetime = _ts(default_factory=utcnow)
 
 
+# The profile fields a running server was launched with (its command line, environment, port,
+# log file and health probe): changing one needs a restart. The others (aliases, idle_ttl,
+# pinned, memory_gb, auto_start) take effect without one. The one list the restart rule reads.
+LAUNCH_FIELDS: frozenset[str] = frozenset(
+    {
+        "name",
+        "model_path",
+        "model_type",
+        "context_length",
+        "tool_call_parser",
+        "reasoning_parser",
+        "enable_auto_tool_choice",
+        "chat_template_file",
+        "trust_remote_code",
+        "extra_args",
+        "env",
+        "port",
+        "command",
+        "health_path",
+    }
+)
+
+
+def launch_changed(old: ServerProfile, new: ServerProfile) -> bool:
+    """Whether a server launched from `old` must restart to run as `new`."""
+    return any(getattr(old, field) != getattr(new, field) for field in LAUNCH_FIELDS)
+
+
 class RunningInstance(SQLModel, table=True):
     """A model server this gateway launched; kept so a restarted gateway can find orphans."""
 

@@ -96,3 +96,55 @@ async def test_patch_to_embeddings_on_a_chat_model_is_refused(env: Env) -> None:
     assert response.json()["param"] == "model_type"
     stored = await env.http.get(f"/api/profiles/{profile_id}", headers=env.auth)
     assert stored.json()["model_type"] == "lm"
+
+
+# ---- should-fix: PATCH masks env for keys and restarts only for launch fields -----------------
+
+
+async def test_patch_masks_env_for_an_api_key_as_get_does(env: Env) -> None:
+    profile = await env.add_stub("masked", env={"HF_TOKEN": "hf_secret_value"})
+    key = await env.new_key()
+    url = f"/api/profiles/{profile['id']}"
+    as_key = {"Authorization": f"Bearer {key.secret}"}
+    got = await env.http.get(url, headers=as_key)
+    assert got.json()["env"] == {"HF_TOKEN": "***"}
+    patched = await env.http.patch(url, json={}, headers=as_key)
+    assert patched.status_code == 200, patched.text
+    assert patched.json()["env"] == {"HF_TOKEN": "***"}
+    assert "hf_secret_value" not in patched.text
+    # Sending the masked value back (a GET-edit-PATCH round trip) keeps the stored secret.
+    patched = await env.http.patch(url, json={"env": got.json()["env"]}, headers=as_key)
+    assert patched.status_code == 200, patched.text
+    revealed = await env.http.get(url, headers=env.auth)
+    assert revealed.json()["env"] == {"HF_TOKEN": "hf_secret_value"}
+
+
+async def test_patch_without_launch_changes_keeps_the_server_running(env: Env) -> None:
+    profile = await env.add_stub("steady", quiet=True)
+    started = await env.start("steady")
+    url = f"/api/profiles/{profile['id']}"
+    for change in ({}, {"idle_ttl": 300}, {"pinned": True}, {"aliases": ["steady-2"]}):
+        response = await env.http.patch(url, json=change, headers=env.auth)
+        assert response.status_code == 200, response.text
+        server = await env.server("steady")
+        assert (server["state"], server["pid"]) == ("ready", started["pid"]), change
+    assert env.started_events("steady") == 1
+    # An unchanged launch field is no change either.
+    response = await env.http.patch(url, json={"command": profile["command"]}, headers=env.auth)
+    assert response.status_code == 200, response.text
+    assert (await env.server("steady"))["pid"] == started["pid"]
+
+
+async def test_patch_of_a_launch_field_restarts_the_server(env: Env) -> None:
+    profile = await env.add_stub("moving", quiet=True)
+    started = await env.start("moving")
+    url = f"/api/profiles/{profile['id']}"
+    response = await env.http.patch(url, json={"env": {"MODE": "b"}}, headers=env.auth)
+    assert response.status_code == 200, response.text
+    server = await env.wait_server(
+        "moving",
+        lambda s: s["state"] == "ready" and s["pid"] != started["pid"],
+        "restarted with a new process",
+    )
+    assert server["pid"] != started["pid"]
+    assert env.started_events("moving") == 2
