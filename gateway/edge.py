@@ -217,5 +217,17 @@ def edge_protocol(settings: Settings) -> type[EdgeLimitedProtocol]:
 
 
 def uvicorn_options(settings: Settings) -> dict[str, Any]:
-    """What `serve` passes to uvicorn for the edge: the limited protocol and proxy trust."""
-    return {"http": edge_protocol(settings)}
+    """What `serve` passes to uvicorn for the edge: the limited protocol and proxy trust.
+
+    uvicorn believes `X-Forwarded-For` from 127.0.0.1 by default (or `FORWARDED_ALLOW_IPS`),
+    so any local process, or a proxy that passes the header through unchecked, could choose
+    the address the sign-in throttle counts. Forwarded headers are read only from the
+    addresses in MLX_MANAGER_TRUSTED_PROXIES, and never when it is unset.
+    """
+    options: dict[str, Any] = {"http": edge_protocol(settings)}
+    trusted = [p.strip() for p in (settings.trusted_proxies or "").split(",") if p.strip()]
+    if trusted:
+        options.update(proxy_headers=True, forwarded_allow_ips=trusted)
+    else:
+        options.update(proxy_headers=False)
+    return options

@@ -98,6 +98,9 @@ class Settings(BaseSettings):
     body_timeout: Annotated[float, Field(gt=0, le=3600)] = 60
     # Comma-separated Host names served (gateway/hosts.py); unset = loopback + bind address.
     allowed_hosts: str | None = None
+    # Comma-separated proxy addresses/networks whose X-Forwarded-* headers are believed
+    # (uvicorn's forwarded_allow_ips); unset = none, so a client cannot pick its own address.
+    trusted_proxies: str | None = None
 
     @field_validator("home", mode="after")
     @classmethod

@@ -249,3 +249,42 @@ def test_an_idle_keep_alive_connection_outlives_the_header_timeout(edge: ServePr
         time.sleep(HEADER_TIMEOUT * 2)
         sock.sendall(request)
         assert status_of(read_one_response(sock)) == 200
+
+
+# Forwarded headers
+
+
+def failed_sign_ins(server: ServeProcess, forwarded_for: list[str]) -> list[int]:
+    """One failed sign-in per claimed client address, each for a different email."""
+    statuses = []
+    for i, address in enumerate(forwarded_for):
+        response = httpx.post(
+            f"{server.url}/api/auth/login",
+            json={"email": f"nobody{i}@example.com", "password": "wrong-password"},
+            headers={"x-forwarded-for": address},
+            trust_env=False,
+            timeout=PATIENCE,
+        )
+        statuses.append(response.status_code)
+    return statuses
+
+
+def test_forwarded_for_is_ignored_unless_the_proxy_is_trusted(tmp_path: Path):
+    """A local client cannot dodge the per-address throttle by naming another address."""
+    server = ServeProcess(tmp_path, login_max_failures_per_address="2")
+    try:
+        statuses = failed_sign_ins(server, ["198.51.100.1", "198.51.100.2", "198.51.100.3"])
+    finally:
+        server.stop()
+    assert statuses == [401, 401, 429]
+
+
+def test_a_trusted_proxys_forwarded_for_is_the_client_address(tmp_path: Path):
+    server = ServeProcess(tmp_path, login_max_failures_per_address="2", trusted_proxies="127.0.0.1")
+    try:
+        statuses = failed_sign_ins(server, ["198.51.100.1", "198.51.100.2", "198.51.100.3"])
+        again = failed_sign_ins(server, ["198.51.100.1", "198.51.100.1"])
+    finally:
+        server.stop()
+    assert statuses == [401, 401, 401]
+    assert again == [401, 429]
