@@ -9,7 +9,8 @@ the same gateway through the request; several apps in one process (tests) never 
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
 
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from pydantic import Field
@@ -35,12 +36,21 @@ class DownloadRequest(Strict):
     revision: str | None = Field(default=None, min_length=1, max_length=200)
 
 
-async def open_downloads(gateway: Gateway) -> None:
-    cache = gateway.settings.hf_cache_path or default_cache_dir()
-    manager = DownloadManager(gateway.settings, gateway.sessions, cache)
-    _MANAGERS[id(gateway)] = manager
-    gateway.metrics.add_collector(lambda: _download_metrics(manager))
-    await manager.open()
+def downloads_opener(**options: Any) -> Callable[[Gateway], Awaitable[None]]:
+    """The `on_open` hook creating the gateway's `DownloadManager` with keyword `options`
+    (tests pass `retry_base_seconds=` and `free_bytes=` through their own control plane)."""
+
+    async def open_downloads(gateway: Gateway) -> None:
+        cache = gateway.settings.hf_cache_path or default_cache_dir()
+        manager = DownloadManager(gateway.settings, gateway.sessions, cache, **options)
+        _MANAGERS[id(gateway)] = manager
+        gateway.metrics.add_collector(lambda: _download_metrics(manager))
+        await manager.open()
+
+    return open_downloads
+
+
+open_downloads = downloads_opener()
 
 
 def _download_metrics(manager: DownloadManager) -> list[Metric]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -61,8 +62,17 @@ def settings(tmp_path: Path) -> Settings:
 
 
 @pytest.fixture
-async def gateway(settings: Settings) -> AsyncIterator[GatewayHandle]:
-    async with running_gateway(settings) as handle:
+def download_options() -> dict[str, Any]:
+    """Keyword options of the `gateway` fixture's DownloadManager; a test that needs some
+    parametrizes this fixture (e.g. a short `retry_base_seconds`)."""
+    return {}
+
+
+@pytest.fixture
+async def gateway(
+    settings: Settings, download_options: dict[str, Any]
+) -> AsyncIterator[GatewayHandle]:
+    async with running_gateway(settings, download_options) as handle:
         yield handle
 
 

@@ -26,7 +26,7 @@ import contextlib
 import logging
 import math
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -48,7 +48,14 @@ from gateway.hub.client import (
     check_repo_id,
     plan_download,
 )
-from gateway.hub.transfer import TransferProgress, check_free_space, download_snapshot, new_client
+from gateway.hub.transfer import (
+    RETRY_BASE_SECONDS,
+    TransferProgress,
+    check_free_space,
+    download_snapshot,
+    free_bytes,
+    new_client,
+)
 from gateway.settings import Settings
 from gateway.tables import Download
 from gateway.types import iso_utc, utcnow
@@ -134,8 +141,16 @@ class DownloadManager:
         sessions: async_sessionmaker[AsyncSession],
         cache: Path,
         catalog: LocalCatalog | None = None,
+        *,
+        retry_base_seconds: float = RETRY_BASE_SECONDS,
+        free_bytes: Callable[[Path], int] = free_bytes,
     ) -> None:
+        """`retry_base_seconds` (the first pause before a failed transfer resumes) and
+        `free_bytes` (how free disk space is measured) are seams for tests: a quick retry
+        after many cut connections, a full disk."""
         self.settings = settings
+        self._retry_base_seconds = retry_base_seconds
+        self._free_bytes = free_bytes
         self.cache = cache
         self.catalog = catalog or LocalCatalog(cache)
         self._sessions = sessions
@@ -237,7 +252,7 @@ class DownloadManager:
         existing = self._find_unfinished(plan.repo_id, plan.commit)
         if existing is not None:  # e.g. "main" and its sha: the same files
             return view_of(existing.record, existing), False
-        await asyncio.to_thread(check_free_space, plan, self.cache)
+        await asyncio.to_thread(check_free_space, plan, self.cache, self._free_bytes)
         record = Download(
             model_id=plan.repo_id,
             revision=revision,
@@ -362,13 +377,19 @@ class DownloadManager:
             async with self._slots:
                 if plan is None:
                     plan = await self._replan(active)
-                await asyncio.to_thread(check_free_space, plan, self.cache)
+                await asyncio.to_thread(check_free_space, plan, self.cache, self._free_bytes)
                 record.status = "downloading"
                 record.error = None
                 await self._save(record)
                 ticker = asyncio.create_task(self._tick(active))
                 try:
-                    await download_snapshot(plan, self.cache, active.progress, self._http())
+                    await download_snapshot(
+                        plan,
+                        self.cache,
+                        active.progress,
+                        self._http(),
+                        retry_base_seconds=self._retry_base_seconds,
+                    )
                 finally:
                     ticker.cancel()
                     await asyncio.gather(ticker, return_exceptions=True)

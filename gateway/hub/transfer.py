@@ -135,11 +135,15 @@ def free_bytes(path: Path) -> int:
     return shutil.disk_usage(probe).free
 
 
-def check_free_space(plan: DownloadPlan, cache: Path) -> int:
-    """Raise a 507 unless the disk holds what is still missing (plus headroom); returns it."""
+def check_free_space(
+    plan: DownloadPlan, cache: Path, measure_free: Callable[[Path], int] = free_bytes
+) -> int:
+    """Raise a 507 unless the disk holds what is still missing (plus headroom); returns it.
+
+    `measure_free` is the seam for a test's full disk (a real one cannot be arranged)."""
     present, _ = present_bytes(plan, cache)
     needed = plan.total_bytes - sum(present.values())
-    free = free_bytes(cache)
+    free = measure_free(cache)
     if needed + FREE_SPACE_HEADROOM > free:
         raise InsufficientStorage(
             f"{plan.repo_id} needs {needed / GIB:.2f} GiB more, but only {free / GIB:.2f} GiB "
@@ -177,10 +181,13 @@ async def download_snapshot(
     client: httpx.AsyncClient,
     *,
     sleep: Callable[[float], Any] = asyncio.sleep,
+    retry_base_seconds: float = RETRY_BASE_SECONDS,
 ) -> Path:
     """Fetch every file of `plan` that is not complete yet; return the snapshot folder.
 
     Cancelling the task stops at once and leaves partial files for the next run to resume.
+    A failed attempt is retried after `retry_base_seconds`, doubling each time (tests shorten
+    it, so many cut connections resume quickly).
     """
     folder = cache / hf_cache.repo_folder_name(plan.repo_id)
     snapshot = folder / "snapshots" / plan.commit
@@ -188,7 +195,9 @@ async def download_snapshot(
     present, complete = await asyncio.to_thread(present_bytes, plan, cache)
     progress.start(plan, present, complete)
     headers = await asyncio.to_thread(hub_headers)
-    fetcher = _Fetcher(plan, cache, folder, snapshot, progress, client, headers, sleep)
+    fetcher = _Fetcher(
+        plan, cache, folder, snapshot, progress, client, headers, sleep, retry_base_seconds
+    )
     slots = asyncio.Semaphore(PARALLEL_FILES)
 
     async def one(file: RemoteFile) -> None:
@@ -263,6 +272,7 @@ class _Fetcher:
         client: httpx.AsyncClient,
         headers: dict[str, str],
         sleep: Callable[[float], Any],
+        retry_base_seconds: float,
     ) -> None:
         self.plan = plan
         self.cache = cache
@@ -272,6 +282,7 @@ class _Fetcher:
         self.client = client
         self.headers = headers
         self.sleep = sleep
+        self.retry_base_seconds = retry_base_seconds
 
     async def fetch(self, file: RemoteFile) -> None:
         blob = self.folder / "blobs" / file.etag
@@ -324,7 +335,7 @@ class _Fetcher:
                         f"attempts: {exc}. The partial file is kept: start the download again "
                         "to resume it"
                     ) from exc
-                delay = min(RETRY_MAX_SECONDS, RETRY_BASE_SECONDS * 2 ** (attempt - 1))
+                delay = min(RETRY_MAX_SECONDS, self.retry_base_seconds * 2 ** (attempt - 1))
                 log.warning("%s: %s; retrying in %.1f s", file.path, exc, delay)
                 await self.sleep(delay)
                 continue

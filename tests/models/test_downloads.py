@@ -14,7 +14,6 @@ import httpx
 import pytest
 from huggingface_hub import scan_cache_dir, snapshot_download
 
-import gateway.hub.transfer
 from gateway.settings import Settings
 from tests.conftest import bearer, login, register_and_login
 from tests.models.conftest import wait_for_download
@@ -187,15 +186,14 @@ async def test_cancel_removes_the_unfinished_download(
     assert (await wait_for_download(client, admin_token, fresh["id"]))["status"] == "completed"
 
 
+@pytest.mark.parametrize("download_options", [{"retry_base_seconds": 0.05}])
 async def test_a_cut_connection_resumes_with_range(
     hub: EmulatorProcess,
     hub_root: Path,
     cache_dir: Path,
     client: httpx.AsyncClient,
     admin_token: str,
-    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    monkeypatch.setattr(gateway.hub.transfer, "RETRY_BASE_SECONDS", 0.05)
     hub.configure(drop_after_bytes=1_000_000)  # every file body is cut after 1 MB
     record = (await post_download(client, admin_token, model_id=BIG)).json()
     done = await wait_for_download(client, admin_token, record["id"])
@@ -250,13 +248,10 @@ async def test_unknown_repo_revision_and_bad_ids(
     assert (await client.get("/api/downloads/999", headers=bearer(admin_token))).status_code == 404
 
 
+@pytest.mark.parametrize("download_options", [{"free_bytes": lambda path: 1024}])
 async def test_not_enough_disk_is_507(
-    hub: EmulatorProcess,
-    client: httpx.AsyncClient,
-    admin_token: str,
-    monkeypatch: pytest.MonkeyPatch,
+    hub: EmulatorProcess, client: httpx.AsyncClient, admin_token: str
 ) -> None:
-    monkeypatch.setattr(gateway.hub.transfer, "free_bytes", lambda path: 1024)
     response = await post_download(client, admin_token, model_id=BIG)
     assert response.status_code == 507
     body = response.json()

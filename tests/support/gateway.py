@@ -4,13 +4,17 @@ from __future__ import annotations
 
 import asyncio
 import socket
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from typing import Any
 
 import uvicorn
 from starlette.applications import Starlette
 
+from admin import control_plane
+from admin.downloads import downloads_opener, open_downloads
+from gateway.app import create_app
 from gateway.main import build_app
 from gateway.runtime import Gateway
 from gateway.settings import Settings
@@ -35,9 +39,22 @@ class GatewayHandle:
         return core
 
 
+def gateway_app(settings: Settings, downloads: Mapping[str, Any] | None = None) -> Starlette:
+    """The gateway app as `mlx-manager serve` builds it; `downloads` are keyword options of its
+    `DownloadManager` (e.g. `retry_base_seconds`, `free_bytes`), for tests that need them."""
+    if not downloads:
+        return build_app(settings)
+    plane = control_plane()
+    assert open_downloads in plane.on_open
+    hooks = [downloads_opener(**downloads) if h is open_downloads else h for h in plane.on_open]
+    return create_app(settings, replace(plane, on_open=hooks))
+
+
 @asynccontextmanager
-async def running_gateway(settings: Settings) -> AsyncIterator[GatewayHandle]:
-    app = build_app(settings)
+async def running_gateway(
+    settings: Settings, downloads: Mapping[str, Any] | None = None
+) -> AsyncIterator[GatewayHandle]:
+    app = gateway_app(settings, downloads)
     port = free_port()
     config = uvicorn.Config(app, host="127.0.0.1", port=port, log_config=None, lifespan="on")
     server = uvicorn.Server(config)
