@@ -346,3 +346,15 @@ async def test_the_api_body_limit_is_a_setting(tmp_path):
             "/api/auth/login", data={"username": "a@example.com", "password": "p" * 1000}
         )
         assert small.status_code == 401
+
+
+async def test_the_trailing_slash_redirect_never_points_at_a_foreign_host(
+    client: httpx.AsyncClient,
+):
+    """The redirect builds Location from Host: a foreign Host is refused before it."""
+    foreign = await client.get("/api/profiles/", headers={"host": "evil.example"})
+    assert foreign.status_code == 400
+    assert "location" not in foreign.headers
+    local = await client.get("/api/profiles/")
+    assert local.status_code == 307
+    assert local.headers["location"].startswith("http://127.0.0.1:")
