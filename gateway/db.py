@@ -2,7 +2,9 @@
 
 SQLite is the default, so the engine turns on what SQLite leaves off: WAL (readers never block
 the writer), foreign keys (cascades really happen) and a busy timeout (concurrent writers wait
-instead of failing with "database is locked").
+instead of failing with "database is locked"). PostgreSQL (asyncpg) is the shared database of
+several gateway replicas: there the migrations take an advisory lock, so replicas starting
+together apply each revision once.
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ from typing import Any
 
 from alembic import command
 from alembic.config import Config
-from sqlalchemy import event
+from sqlalchemy import event, text
 from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker, create_async_engine
 from sqlmodel.ext.asyncio.session import AsyncSession
@@ -20,7 +22,27 @@ from sqlmodel.ext.asyncio.session import AsyncSession
 MIGRATIONS_DIR = Path(__file__).parent / "migrations"
 
 
+# Any constant shared by every replica: the key of the advisory lock the migrations hold.
+MIGRATION_LOCK_KEY = 0x6D6C786D  # "mlxm"
+
+# Plain driver-less URLs, as users write them, mapped to the async drivers the gateway uses
+# (SQLAlchemy would pick the sync drivers psycopg2 / pysqlite, which an async engine refuses).
+_ASYNC_DRIVERS = {
+    "postgresql": "postgresql+asyncpg",
+    "postgres": "postgresql+asyncpg",
+    "sqlite": "sqlite+aiosqlite",
+}
+
+
+def async_url(url: str) -> str:
+    """`url` with an async driver: `postgres(ql)://` -> `postgresql+asyncpg://`,
+    `sqlite://` -> `sqlite+aiosqlite://`; URLs naming a driver are kept as they are."""
+    scheme, sep, rest = url.partition("://")
+    return f"{_ASYNC_DRIVERS.get(scheme, scheme)}{sep}{rest}" if sep else url
+
+
 def create_engine(url: str) -> AsyncEngine:
+    url = async_url(url)
     if url.startswith("sqlite"):
         path = url.split("///", 1)[-1]
         if path and path != ":memory:":
@@ -55,6 +77,12 @@ def alembic_config(connection: Connection | None = None) -> Config:
 async def migrate(engine: AsyncEngine, revision: str = "head") -> None:
     """Bring the schema to `revision`; runs at every start, a no-op when already there."""
     async with engine.begin() as conn:
+        if conn.dialect.name == "postgresql":
+            # Held to the end of this transaction (Alembic's DDL runs in it): a second replica
+            # waits here, then finds the schema at head and does nothing.
+            await conn.execute(
+                text("SELECT pg_advisory_xact_lock(:key)"), {"key": MIGRATION_LOCK_KEY}
+            )
         await conn.run_sync(lambda sync: command.upgrade(alembic_config(sync), revision))
 
 

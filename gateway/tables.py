@@ -6,19 +6,42 @@ password hash or key hash can never leak through a response model by accident.
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import JSON, BigInteger, Column, DateTime, ForeignKey, Integer, String
+from sqlalchemy import JSON, BigInteger, Column, DateTime, Dialect, ForeignKey, Integer, String
+from sqlalchemy.types import TypeDecorator
 from sqlmodel import Field, SQLModel
 
 from gateway.types import utcnow
 
 
+class UTCDateTime(TypeDecorator[datetime]):
+    """A timestamp that means one instant on every database: written in UTC, read back aware.
+
+    PostgreSQL's timestamptz converts offsets itself, but SQLite keeps text and drops the offset,
+    so a value in another zone (a `since` written as +05:00) would compare as the wrong instant
+    there. Naive values are taken as UTC, the gateway's own convention.
+    """
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+    def process_result_value(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
 def _ts(**kwargs: Any) -> Any:
-    """A timezone-aware timestamp column (SQLite stores it as text, PostgreSQL as timestamptz)."""
+    """A timestamp column (SQLite stores it as text, PostgreSQL as timestamptz)."""
     nullable = kwargs.pop("nullable", False)
-    return Field(sa_column=Column(DateTime(timezone=True), nullable=nullable), **kwargs)
+    return Field(sa_column=Column(UTCDateTime(), nullable=nullable), **kwargs)
 
 
 class User(SQLModel, table=True):

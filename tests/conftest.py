@@ -14,6 +14,9 @@ from gateway.settings import Settings
 from tests.support import secrets
 from tests.support.gateway import GatewayHandle, running_gateway
 
+# The real PostgreSQL server and the `both_databases` marker (see the module's docstring).
+pytest_plugins = ["tests.support.postgres"]
+
 TEST_SECRET = "test-secret-" + "x" * 40
 
 
@@ -57,8 +60,10 @@ def session_log(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
 
 
 @pytest.fixture
-def settings(tmp_path: Path) -> Settings:
-    return make_settings(tmp_path / "home")
+def settings(tmp_path: Path, database_url: str | None) -> Settings:
+    """`database_url` is None (SQLite under home) unless the test runs on both databases
+    (`@pytest.mark.both_databases`, tests/support/postgres.py)."""
+    return make_settings(tmp_path / "home", database_url=database_url)
 
 
 @pytest.fixture

@@ -22,6 +22,7 @@ async def me(client: httpx.AsyncClient, token: str) -> httpx.Response:
     return await client.get("/api/auth/me", headers=bearer(token))
 
 
+@pytest.mark.both_databases
 async def test_create_key_shows_it_once(client, admin_token, gateway: GatewayHandle):
     response = await create_key(client, admin_token, name="laptop")
     assert response.status_code == 201, response.text
@@ -56,6 +57,7 @@ async def test_create_key_shows_it_once(client, admin_token, gateway: GatewayHan
     assert key not in repr(stored.model_dump())
 
 
+@pytest.mark.both_databases
 async def test_key_works_as_bearer_and_acts_as_its_owner(client, admin_token):
     _, bob_token = await approved_user(client, admin_token, "bob@example.com", "bob-password")
     key = (await create_key(client, bob_token)).json()["key"]
@@ -70,6 +72,7 @@ async def test_key_works_as_bearer_and_acts_as_its_owner(client, admin_token):
     assert (await client.get("/api/users", headers=bearer(admin_key))).status_code == 200
 
 
+@pytest.mark.both_databases
 async def test_allowlist_is_stored_and_enforced_by_the_principal(
     client, admin_token, gateway: GatewayHandle
 ):
@@ -101,6 +104,7 @@ async def test_allowlist_is_stored_and_enforced_by_the_principal(
     assert [k["models"] for k in listed] == [["alpha", "beta"], None]
 
 
+@pytest.mark.both_databases
 async def test_expired_key_gets_401(client, admin_token, gateway: GatewayHandle):
     response = await create_key(client, admin_token, expires_in_days=1)
     assert response.status_code == 201, response.text
@@ -125,6 +129,7 @@ async def test_expired_key_gets_401(client, admin_token, gateway: GatewayHandle)
     assert (await me(client, live_key)).status_code == 200
 
 
+@pytest.mark.both_databases
 async def test_revoked_key_gets_401_immediately(client, admin_token):
     created = (await create_key(client, admin_token)).json()
     other = (await create_key(client, admin_token, name="other")).json()
@@ -139,6 +144,7 @@ async def test_revoked_key_gets_401_immediately(client, admin_token):
     assert response.status_code == 404
 
 
+@pytest.mark.both_databases
 async def test_users_see_and_delete_only_their_own_keys(client, admin_token):
     _, bob_token = await approved_user(client, admin_token, "bob@example.com", "bob-password")
     admin_key = (await create_key(client, admin_token, name="admin-key")).json()

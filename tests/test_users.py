@@ -42,6 +42,7 @@ async def new_key(client: httpx.AsyncClient, token: str) -> str:
     return key
 
 
+@pytest.mark.both_databases
 async def test_admin_lists_users_without_secrets(client, admin_token):
     bob = await register(client, "bob@example.com", "bob-password")
     response = await client.get("/api/users", headers=bearer(admin_token))
@@ -57,6 +58,7 @@ async def test_admin_lists_users_without_secrets(client, admin_token):
     assert "password" not in response.text
 
 
+@pytest.mark.both_databases
 async def test_approve_lets_a_pending_user_log_in(client, admin_token):
     bob = await register(client, "bob@example.com", "bob-password")
     response = await client.post(
@@ -72,6 +74,7 @@ async def test_approve_lets_a_pending_user_log_in(client, admin_token):
     assert (await client.get("/api/users", headers=bearer(token))).status_code == 403
 
 
+@pytest.mark.both_databases
 async def test_disabling_kills_the_token_and_key_on_the_very_next_request(client, admin_token):
     bob, token = await approved_user(client, admin_token, "bob@example.com", "bob-password")
     key = await new_key(client, token)
@@ -123,6 +126,7 @@ async def test_promote_and_demote_take_effect_immediately(client, admin_token):
     assert (await me(client, token)).json()["is_admin"] is False
 
 
+@pytest.mark.both_databases
 async def test_delete_user_removes_them_their_tokens_and_keys(
     client, admin_token, gateway: GatewayHandle
 ):
@@ -149,6 +153,7 @@ async def test_delete_user_removes_them_their_tokens_and_keys(
     await register(client, "bob@example.com", "bob-password-2")
 
 
+@pytest.mark.both_databases
 async def test_reset_password(client, admin_token):
     bob, token = await approved_user(client, admin_token, "bob@example.com", "bob-password")
     response = await client.post(
@@ -254,6 +259,7 @@ async def test_unknown_user_is_404(client, admin_token):
         assert response.json()["code"] == "user_not_found"
 
 
+@pytest.mark.both_databases
 async def test_the_last_admin_cannot_be_demoted_disabled_or_deleted(client, admin_token):
     admin = await my_id(client, admin_token)
     refusals = [

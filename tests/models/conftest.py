@@ -55,8 +55,8 @@ def cache_dir(tmp_path: Path) -> Path:
 
 
 @pytest.fixture
-def settings(tmp_path: Path, cache_dir: Path) -> Settings:
-    return make_settings(tmp_path / "home", hf_cache_path=cache_dir)
+def settings(tmp_path: Path, cache_dir: Path, database_url: str | None) -> Settings:
+    return make_settings(tmp_path / "home", hf_cache_path=cache_dir, database_url=database_url)
 
 
 async def wait_for_download(

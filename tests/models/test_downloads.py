@@ -45,6 +45,7 @@ async def post_download(client: httpx.AsyncClient, token: str, **body: Any) -> h
     return await client.post("/api/downloads", json=body, headers=bearer(token))
 
 
+@pytest.mark.both_databases
 async def test_download_lands_in_the_hf_cache(
     hub: EmulatorProcess,
     hub_root: Path,
@@ -313,6 +314,7 @@ async def test_delete_local_model_refused_while_a_server_uses_it(
         await client.delete(f"/api/profiles/{profile_id}", headers=bearer(admin_token))
 
 
+@pytest.mark.both_databases
 async def test_graceful_restart_keeps_and_resumes_the_download(
     hub: EmulatorProcess, hub_root: Path, cache_dir: Path, settings: Settings
 ) -> None:
