@@ -10,13 +10,6 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from admin.schemas import Credentials, public_user
-from gateway.accounts import (
-    check_password_login,
-    count_pending_users,
-    has_users,
-    normalize_email,
-    register_user,
-)
 from gateway.auth import require_user
 from gateway.errors import BadRequest, Forbidden, ServiceUnavailable, Unauthorized, Unprocessable
 from gateway.http import (
@@ -29,7 +22,14 @@ from gateway.http import (
     validate,
 )
 from gateway.runtime import gateway_of
-from gateway.tables import User
+from gateway.store.users import (
+    check_password_login,
+    count_pending_users,
+    get_user,
+    has_users,
+    normalize_email,
+    register_user,
+)
 from gateway.tokens import issue_access_token
 
 FORM = "application/x-www-form-urlencoded"
@@ -92,7 +92,7 @@ async def me(request: Request) -> Response:
     principal = await require_user(request)
     gateway = gateway_of(request)
     async with gateway.sessions() as session:
-        user = await session.get(User, principal.user_id)
+        user = await get_user(session, principal.user_id)
     if user is None:
         raise Unauthorized("this account no longer exists")
     body = public_user(user)

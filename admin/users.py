@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-from sqlmodel import select
 from sqlmodel.ext.asyncio.session import AsyncSession
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from admin.schemas import PasswordReset, UserPatch, public_user
-from gateway.accounts import delete_user, set_password, update_user
+from gateway import store
 from gateway.auth import authenticator_of, require_admin
 from gateway.errors import NotFound
 from gateway.http import read_model
@@ -20,7 +19,7 @@ from gateway.tables import User
 async def list_users(request: Request) -> Response:
     await require_admin(request)
     async with gateway_of(request).sessions() as session:
-        users = (await session.exec(select(User).order_by(User.id))).all()  # type: ignore[arg-type]
+        users = await store.users.list_users(session)
     return JSONResponse([public_user(u) for u in users])
 
 
@@ -29,7 +28,7 @@ async def patch_user(request: Request) -> Response:
     patch = await read_model(request, UserPatch)
     async with gateway_of(request).sessions() as session:
         user = await _get_user(session, request)
-        await update_user(session, user, status=patch.status, is_admin=patch.is_admin)
+        await store.users.update_user(session, user, status=patch.status, is_admin=patch.is_admin)
     _forget(request, user)
     return JSONResponse(public_user(user))
 
@@ -38,7 +37,7 @@ async def remove_user(request: Request) -> Response:
     await require_admin(request)
     async with gateway_of(request).sessions() as session:
         user = await _get_user(session, request)
-        await delete_user(session, user)
+        await store.users.delete_user(session, user)
     _forget(request, user)
     return Response(status_code=204)
 
@@ -48,13 +47,13 @@ async def reset_password(request: Request) -> Response:
     body = await read_model(request, PasswordReset)
     async with gateway_of(request).sessions() as session:
         user = await _get_user(session, request)
-        await set_password(session, user, body.password)
+        await store.users.set_password(session, user, body.password)
     _forget(request, user)
     return JSONResponse(public_user(user))
 
 
 async def _get_user(session: AsyncSession, request: Request) -> User:
-    user = await session.get(User, request.path_params["user_id"])
+    user = await store.users.get_user(session, request.path_params["user_id"])
     if user is None:
         raise NotFound("no user with this id", code="user_not_found")
     return user

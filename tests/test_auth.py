@@ -14,7 +14,7 @@ import pytest
 from pwdlib.hashers.argon2 import Argon2Hasher
 from sqlmodel import select
 
-import gateway.accounts
+import gateway.store.users
 from gateway.errors import TooManyRequests
 from gateway.passwords import verify_password
 from gateway.tables import User
@@ -355,7 +355,7 @@ async def test_throttle_answers_before_any_password_hashing(tmp_path: Path, monk
         verifications.append(password)
         return verify_password(password, password_hash)
 
-    monkeypatch.setattr(gateway.accounts, "verify_password", counting_verify)
+    monkeypatch.setattr(gateway.store.users, "verify_password", counting_verify)
     settings = make_settings(tmp_path / "home", login_max_failures=3)
     async with (
         running_gateway(settings) as handle,

@@ -13,8 +13,8 @@ from typing import Any
 import httpx
 import pytest
 
-from gateway.accounts import register_user
 from gateway.db import create_engine, migrate, session_factory
+from gateway.store.users import register_user
 from tests.conftest import bearer, login, make_settings
 from tests.support.gateway import running_gateway
 from tests.support.secrets import on_request, on_response

@@ -9,8 +9,8 @@ import socket
 import httpx
 import pytest
 
-import gateway.accounts
 import gateway.passwords
+import gateway.store.users
 from gateway.hosts import HostAllowlistMiddleware, default_allowed_hosts, host_name
 from tests.conftest import bearer, make_settings, register_and_login
 from tests.support.gateway import GatewayHandle, running_gateway
@@ -204,7 +204,7 @@ async def test_a_taken_email_is_refused_before_any_hashing(
         hashed.append(password)
         return real(password)
 
-    monkeypatch.setattr(gateway.accounts, "hash_password", counting)
+    monkeypatch.setattr(gateway.store.users, "hash_password", counting)
     assert (await register(client, "taken@example.com")).status_code == 201
     assert len(hashed) == 1
     again = await register(client, "TAKEN@example.com")

@@ -17,14 +17,13 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
-from sqlmodel import select
 
-from gateway.accounts import register_user
 from gateway.cli import remote as cli_remote
 from gateway.cli.models import model_app
 from gateway.db import create_engine, migrate, session_factory
 from gateway.errors import GatewayError
 from gateway.settings import Settings, SettingsError, load_settings
+from gateway.store.users import list_users, register_user
 from gateway.tables import User
 
 app = typer.Typer(help="mlx-manager: an OpenAI-compatible gateway for local MLX models.")
@@ -141,7 +140,7 @@ def user_list() -> None:
         try:
             await migrate(engine)
             async with session_factory(engine)() as session:
-                return list((await session.exec(select(User).order_by(User.id))).all())  # type: ignore[arg-type]
+                return await list_users(session)
         finally:
             await engine.dispose()
 

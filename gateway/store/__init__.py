@@ -9,6 +9,6 @@ alike.
 
 from __future__ import annotations
 
-from gateway.store import keys, profiles, usage
+from gateway.store import keys, profiles, usage, users
 
-__all__ = ["keys", "profiles", "usage"]
+__all__ = ["keys", "profiles", "usage", "users"]

@@ -1,4 +1,5 @@
-"""Users: registration, password login, and the rules that keep an instance administrable.
+"""User rows (`users`): registration, password login, and the rules that keep an instance
+administrable.
 
 Shared by the admin API and the CLI, so both enforce the same rules (the first user is the
 admin, the last admin can never be removed or demoted).
@@ -37,6 +38,14 @@ def require_valid_password(password: str) -> None:
     problem = check_password_policy(password)
     if problem:
         raise Unprocessable(problem, param="password")
+
+
+async def list_users(session: AsyncSession) -> list[User]:
+    return list((await session.exec(select(User).order_by(User.id))).all())  # type: ignore[arg-type]
+
+
+async def get_user(session: AsyncSession, user_id: int) -> User | None:
+    return await session.get(User, user_id)
 
 
 async def find_user_by_email(session: AsyncSession, email: str) -> User | None:
