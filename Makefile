@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 BACKEND_VENV ?= .venv-backend
 export BACKEND_VENV
 
-.PHONY: run test lint format install install-test backend browser bench docs clean help
+.PHONY: run test lint format install install-test backend browser postgres bench docs clean help
 .DEFAULT_GOAL := help
 
 help:
@@ -42,10 +42,14 @@ backend:
 browser: install-test
 	@bash scripts/install-browser.sh
 
+# The PostgreSQL server binaries the database tests start a private cluster with.
+postgres:
+	@bash scripts/install-postgres.sh
+
 run: install backend
 	$(BIN)/mlx-manager serve
 
-test: install-test backend browser
+test: install-test backend browser postgres
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 docs: $(VENV)/.installed-docs

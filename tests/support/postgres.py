@@ -105,6 +105,7 @@ class PostgresServer:
     port: int = 0
     user: str = "postgres"  # the database superuser name (not the OS user)
     startup_seconds: float = 0.0
+    databases: int = 0  # how many `create_database` made
     process: subprocess.Popen[bytes] | None = None
     _names: Iterator[int] = field(default_factory=lambda: itertools.count(1))
 
@@ -225,7 +226,8 @@ class PostgresServer:
 
     async def create_database(self) -> str:
         """A new empty database; its name."""
-        name = f"test_{os.getpid()}_{next(self._names)}"
+        self.databases = next(self._names)
+        name = f"test_{os.getpid()}_{self.databases}"
         await self._admin(f'CREATE DATABASE "{name}" TEMPLATE template0')
         return name
 
@@ -261,9 +263,22 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     metafunc.parametrize("database_url", DATABASES, indirect=True, ids=DATABASES)
 
 
+_STARTED: list[PostgresServer] = []
+
+
+def pytest_terminal_summary(terminalreporter: Any) -> None:
+    """The server's start-up time in the run's summary: the cost the PostgreSQL runs add."""
+    for server in _STARTED:
+        terminalreporter.write_line(
+            f"PostgreSQL test server ({server.bindir}): started in "
+            f"{server.startup_seconds:.2f} s, {server.databases} test databases"
+        )
+
+
 @pytest.fixture(scope="session")
 def postgres_server() -> Iterator[PostgresServer]:
     server = PostgresServer(find_bindir())
+    _STARTED.append(server)
     try:
         server.start()
         yield server
