@@ -88,12 +88,18 @@ def _free_port() -> int:
         return port
 
 
+# Looked up here, in the parent: between fork and exec the child may only make the call (a
+# dlopen there could wait forever on a loader lock another thread held at the fork).
+_PRCTL = ctypes.CDLL(None).prctl if sys.platform == "linux" else None
+_PR_SET_PDEATHSIG = 1
+
+
 def _die_with_parent() -> None:
-    """In the server's child process: stop (fast shutdown) if pytest dies without cleaning up,
-    so a killed test run leaves no cluster behind. Linux only; elsewhere a no-op."""
-    if sys.platform == "linux":
-        pr_set_pdeathsig = 1
-        ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, signal.SIGINT)
+    """In the server's child process (after it took the postgres user's ids, which would clear
+    the setting): stop with a fast shutdown if pytest dies without cleaning up, so a killed
+    test run leaves no cluster behind. Linux only; elsewhere a no-op."""
+    if _PRCTL is not None:
+        _PRCTL(_PR_SET_PDEATHSIG, int(signal.SIGINT))
 
 
 @dataclass
@@ -179,6 +185,11 @@ class PostgresServer:
                     "full_page_writes=off",
                     "-c",
                     "max_connections=300",
+                    # PostgreSQL waits for a lock forever by default: a test stuck behind a
+                    # transaction left open fails with "lock timeout" instead (like SQLite's
+                    # busy timeout in the gateway).
+                    "-c",
+                    "lock_timeout=30s",
                 ],
                 cwd=self.root,
                 stdin=subprocess.DEVNULL,
