@@ -1,5 +1,6 @@
 // Admin: users (approve, disable, promote), API keys (create - shown once - and revoke), and
 // usage by user and by model. Non-admins see their own keys and usage.
+// Parts: userList, keyList (with keyForm and revealKey) and usageReport.
 
 import { api, query } from "../api.js";
 import {
@@ -27,62 +28,77 @@ const PERIODS = [
 
 export function render(root, ctx) {
   const controller = new AbortController();
-  const { signal } = controller;
-  const me = ctx.user;
-  const isAdmin = me.is_admin;
+  const env = { signal: controller.signal, me: ctx.user, isAdmin: ctx.user.is_admin };
+  // Keys show their owner's email, which the user list knows; deleting a user drops its keys.
+  const users = env.isAdmin ? userList(env, { deleted: () => keys.load() }) : null;
+  const keys = keyList(env, { emailOf: (id) => users?.emailOf(id) ?? null });
+  const usage = usageReport(env);
+  clear(root, h("h1", {}, env.isAdmin ? "Admin" : "Keys & usage"), users?.section, keys.section, usage.section);
+  (users ? users.load() : Promise.resolve()).then(keys.load);
+  usage.load();
+  return () => controller.abort();
+}
+
+// ---- users --------------------------------------------------------------------------------
+
+/** The user table (admins only): approve, enable/disable, promote/demote, delete. */
+function userList({ signal, me }, { deleted }) {
+  const users = table("Users", ["Email", "Status", "Role", "Created", "Last sign-in", ""]);
+  const status = h("div", { class: "status-slot" });
   let emails = new Map([[me.id, me.email]]);
 
-  // ---- users ----------------------------------------------------------------------------
-  const users = table("Users", ["Email", "Status", "Role", "Created", "Last sign-in", ""]);
-  const usersStatus = h("div", { class: "status-slot" });
-
-  async function loadUsers() {
-    if (!isAdmin) return;
+  async function load() {
     try {
       const found = await api("/api/users", { signal });
       emails = new Map(found.map((u) => [u.id, u.email]));
       const pending = found.filter((u) => u.status === "pending").length;
       users.caption.textContent = `Users (${found.length}${pending ? `, ${pending} waiting for approval` : ""})`;
-      syncRows(users.tbody, found, (u) => u.id, createUserRow, updateUserRow);
+      syncRows(users.tbody, found, (u) => u.id, createRow, updateRow);
     } catch (error) {
-      if (error.name !== "AbortError") clear(usersStatus, messageBox(error.message));
+      if (error.name !== "AbortError") clear(status, messageBox(error.message));
     }
   }
 
-  function createUserRow() {
+  function createRow() {
     return h("tr", {}, h("th", { scope: "row" }), ...Array.from({ length: 5 }, () => h("td")));
   }
 
-  function updateUserRow(row, user) {
-    const [email, status, role, created, last, actions] = row.children;
+  function updateRow(row, user) {
+    const [email, state, role, created, last, actions] = row.children;
     row.dataset.email = user.email;
     clear(email, user.email, user.id === me.id ? h("span", { class: "muted" }, " (you)") : null);
-    clear(status, badge(user.status));
+    clear(state, badge(user.status));
     role.textContent = user.is_admin ? "admin" : "user";
     clear(created, timeAgo(user.created_at));
     clear(last, timeAgo(user.last_login_at));
     actions.className = "actions";
     clear(actions);
     if (user.id === me.id) return; // changing yourself here could lock you out
-    const act = (label, patch, kind = "") => {
-      const button = h("button", { type: "button", class: `small ${kind}`, "aria-label": `${label} ${user.email}` }, label);
-      button.addEventListener("click", () =>
-        busy(button, async () => {
-          try {
-            await api(`/api/users/${user.id}`, { method: "PATCH", body: patch, signal });
-            notify(`${user.email}: ${label.toLowerCase()}d`, "success");
-            await loadUsers();
-          } catch (error) {
-            if (error.name !== "AbortError") notify(error.message, "error");
-          }
-        }),
-      );
-      return button;
-    };
+    const act = (label, patch, kind = "") => patchButton(user, label, patch, kind);
     if (user.status === "pending") actions.append(act("Approve", { status: "approved" }, "primary"));
     if (user.status === "disabled") actions.append(act("Enable", { status: "approved" }));
     if (user.status !== "disabled") actions.append(act("Disable", { status: "disabled" }, "danger"));
     actions.append(user.is_admin ? act("Demote", { is_admin: false }) : act("Promote", { is_admin: true }));
+    actions.append(deleteButton(user));
+  }
+
+  function patchButton(user, label, patch, kind) {
+    const button = h("button", { type: "button", class: `small ${kind}`, "aria-label": `${label} ${user.email}` }, label);
+    button.addEventListener("click", () =>
+      busy(button, async () => {
+        try {
+          await api(`/api/users/${user.id}`, { method: "PATCH", body: patch, signal });
+          notify(`${user.email}: ${label.toLowerCase()}d`, "success");
+          await load();
+        } catch (error) {
+          if (error.name !== "AbortError") notify(error.message, "error");
+        }
+      }),
+    );
+    return button;
+  }
+
+  function deleteButton(user) {
     const del = h("button", { type: "button", class: "small danger", "aria-label": `Delete ${user.email}` }, "Delete");
     del.addEventListener("click", async () => {
       if (!(await confirmDialog(`Delete the account ${user.email} and its API keys?`, "Delete"))) return;
@@ -90,87 +106,36 @@ export function render(root, ctx) {
         try {
           await api(`/api/users/${user.id}`, { method: "DELETE", signal });
           notify(`Deleted ${user.email}`, "success");
-          await loadUsers();
-          await loadKeys();
+          await load();
+          await deleted();
         } catch (error) {
           if (error.name !== "AbortError") notify(error.message, "error");
         }
       });
     });
-    actions.append(del);
+    return del;
   }
 
-  // ---- API keys -------------------------------------------------------------------------
-  const keys = table("API keys", ["Name", "Key", ...(isAdmin ? ["Owner"] : []), "Models", "Created", "Last used", "Expires", ""]);
-  const keyName = h("input", { type: "text", name: "key_name", required: true, maxlength: 200, autocomplete: "off" });
-  const keyModels = h("input", { type: "text", name: "key_models", autocomplete: "off", placeholder: "all" });
-  const keyDays = h("input", { type: "number", name: "key_days", min: 1, max: 3650, step: 1, placeholder: "never" });
-  const keySubmit = h("button", { type: "submit", class: "primary" }, "Create key");
-  const keyStatus = h("div", { class: "status-slot" });
-  const keyReveal = h("div", { class: "key-reveal-slot" });
-  const keyForm = h(
-    "form",
-    { class: "inline-form", "aria-label": "Create an API key" },
-    field("Name", keyName),
-    field("Models", keyModels, "Comma-separated; empty for all"),
-    field("Expires in (days)", keyDays),
-    h("div", { class: "field submit" }, keySubmit),
+  const section = h(
+    "section",
+    { class: "card", "aria-labelledby": "users-title" },
+    h("h2", { id: "users-title" }, "Users"),
+    status,
+    users.table,
   );
-  keyForm.addEventListener("submit", (event) => {
-    event.preventDefault();
-    if (!keyName.value.trim()) {
-      clear(keyStatus, messageBox("Give the key a name (where it is used)."));
-      keyName.focus();
-      return;
-    }
-    busy(keySubmit, async () => {
-      clear(keyStatus);
-      const body = { name: keyName.value.trim() };
-      const models = keyModels.value.split(",").map((m) => m.trim()).filter(Boolean);
-      if (models.length) body.models = models;
-      if (keyDays.value) body.expires_in_days = Math.trunc(Number(keyDays.value));
-      try {
-        const created = await api("/api/keys", { method: "POST", body, signal });
-        keyName.value = keyModels.value = keyDays.value = "";
-        reveal(created);
-        await loadKeys();
-      } catch (error) {
-        if (error.name !== "AbortError") clear(keyStatus, messageBox(error.message));
-      }
-    }, "Creating…");
-  });
+  return { section, load, emailOf: (id) => emails.get(id) ?? null };
+}
 
-  function reveal(created) {
-    // The only time the key is on screen: in the DOM only, never stored anywhere.
-    const value = h("input", { type: "text", readonly: true, value: created.key, class: "mono", "aria-label": `New API key ${created.name}`, spellcheck: "false" });
-    const copy = h("button", { type: "button", class: "small" }, "Copy");
-    const done = h("button", { type: "button", class: "small secondary" }, "Done");
-    copy.addEventListener("click", async () => {
-      try {
-        await navigator.clipboard.writeText(value.value);
-        notify("Key copied", "success");
-      } catch {
-        value.select();
-        notify("Press Ctrl+C (or ⌘C) to copy the selected key");
-      }
-    });
-    const box = h(
-      "div",
-      { class: "key-reveal", role: "region", "aria-label": "New API key" },
-      h("p", {}, h("strong", {}, `Key "${created.name}" created.`), " Copy it now: it will not be shown again."),
-      h("div", { class: "key-row" }, value, copy, done),
-    );
-    done.addEventListener("click", () => {
-      value.value = "";
-      box.remove();
-      keyName.focus();
-    });
-    clear(keyReveal, box);
-    value.focus();
-    value.select();
-  }
+// ---- API keys -----------------------------------------------------------------------------
 
-  async function loadKeys() {
+/** The key table with its create form; admins see every user's keys and their owners. */
+function keyList({ signal, isAdmin }, { emailOf }) {
+  const keys = table("API keys", ["Name", "Key", ...(isAdmin ? ["Owner"] : []), "Models", "Created", "Last used", "Expires", ""]);
+  const status = h("div", { class: "status-slot" });
+  const reveal = h("div", { class: "key-reveal-slot" });
+  const form = keyForm({ signal, status, reveal, created: () => load() });
+
+  async function load() {
     try {
       const found = await api("/api/keys", { signal });
       keys.caption.textContent = `API keys (${found.length})`;
@@ -178,23 +143,23 @@ export function render(root, ctx) {
         clear(keys.tbody, h("tr", {}, h("td", { colspan: isAdmin ? 8 : 7, class: "empty" }, "No API key yet.")));
         return;
       }
-      syncRows(keys.tbody, found, (k) => k.id, createKeyRow, updateKeyRow);
+      syncRows(keys.tbody, found, (k) => k.id, createRow, updateRow);
     } catch (error) {
-      if (error.name !== "AbortError") clear(keyStatus, messageBox(error.message));
+      if (error.name !== "AbortError") clear(status, messageBox(error.message));
     }
   }
 
-  function createKeyRow() {
+  function createRow() {
     return h("tr", {}, h("th", { scope: "row" }), ...Array.from({ length: isAdmin ? 7 : 6 }, () => h("td")));
   }
 
-  function updateKeyRow(row, key) {
+  function updateRow(row, key) {
     const cells = [...row.children];
     const actions = cells.pop();
     const values = [
       key.name,
       h("span", { class: "mono" }, `${key.prefix}…`),
-      ...(isAdmin ? [emails.get(key.user_id) || `user ${key.user_id}`] : []),
+      ...(isAdmin ? [emailOf(key.user_id) || `user ${key.user_id}`] : []),
       key.models ? key.models.join(", ") : "all",
       timeAgo(key.created_at),
       timeAgo(key.last_used_at),
@@ -202,6 +167,10 @@ export function render(root, ctx) {
     ];
     cells.forEach((cell, i) => clear(cell, values[i]));
     actions.className = "actions";
+    clear(actions, revokeButton(key));
+  }
+
+  function revokeButton(key) {
     const revoke = h("button", { type: "button", class: "small danger", "aria-label": `Revoke ${key.name}` }, "Revoke");
     revoke.addEventListener("click", async () => {
       if (!(await confirmDialog(`Revoke the key "${key.name}"? Programs using it will get 401.`, "Revoke"))) return;
@@ -209,29 +178,115 @@ export function render(root, ctx) {
         try {
           await api(`/api/keys/${key.id}`, { method: "DELETE", signal });
           notify(`Revoked ${key.name}`, "success");
-          await loadKeys();
+          await load();
         } catch (error) {
           if (error.name !== "AbortError") notify(error.message, "error");
         }
       });
     });
-    clear(actions, revoke);
+    return revoke;
   }
 
-  // ---- usage ----------------------------------------------------------------------------
+  const section = h(
+    "section",
+    { class: "card", "aria-labelledby": "keys-title" },
+    h("h2", { id: "keys-title" }, "API keys"),
+    h("p", { class: "muted" }, "A key acts as its owner for SDKs and scripts: ", h("code", {}, "Authorization: Bearer sk-…"), " on /v1."),
+    form,
+    status,
+    reveal,
+    keys.table,
+  );
+  return { section, load };
+}
+
+/** The "create a key" form; the new key is shown once in `reveal`, then `created()`. */
+function keyForm({ signal, status, reveal, created }) {
+  const name = h("input", { type: "text", name: "key_name", required: true, maxlength: 200, autocomplete: "off" });
+  const models = h("input", { type: "text", name: "key_models", autocomplete: "off", placeholder: "all" });
+  const days = h("input", { type: "number", name: "key_days", min: 1, max: 3650, step: 1, placeholder: "never" });
+  const submit = h("button", { type: "submit", class: "primary" }, "Create key");
+  const form = h(
+    "form",
+    { class: "inline-form", "aria-label": "Create an API key" },
+    field("Name", name),
+    field("Models", models, "Comma-separated; empty for all"),
+    field("Expires in (days)", days),
+    h("div", { class: "field submit" }, submit),
+  );
+  form.addEventListener("submit", (event) => {
+    event.preventDefault();
+    if (!name.value.trim()) {
+      clear(status, messageBox("Give the key a name (where it is used)."));
+      name.focus();
+      return;
+    }
+    busy(submit, async () => {
+      clear(status);
+      const body = { name: name.value.trim() };
+      const only = models.value.split(",").map((m) => m.trim()).filter(Boolean);
+      if (only.length) body.models = only;
+      if (days.value) body.expires_in_days = Math.trunc(Number(days.value));
+      try {
+        const key = await api("/api/keys", { method: "POST", body, signal });
+        name.value = models.value = days.value = "";
+        revealKey(reveal, key, () => name.focus());
+        await created();
+      } catch (error) {
+        if (error.name !== "AbortError") clear(status, messageBox(error.message));
+      }
+    }, "Creating…");
+  });
+  return form;
+}
+
+/** The only time a key is on screen (in `slot`): in the DOM only, never stored anywhere. */
+function revealKey(slot, created, done) {
+  const value = h("input", { type: "text", readonly: true, value: created.key, class: "mono", "aria-label": `New API key ${created.name}`, spellcheck: "false" });
+  const copy = h("button", { type: "button", class: "small" }, "Copy");
+  const doneButton = h("button", { type: "button", class: "small secondary" }, "Done");
+  copy.addEventListener("click", async () => {
+    try {
+      await navigator.clipboard.writeText(value.value);
+      notify("Key copied", "success");
+    } catch {
+      value.select();
+      notify("Press Ctrl+C (or ⌘C) to copy the selected key");
+    }
+  });
+  const box = h(
+    "div",
+    { class: "key-reveal", role: "region", "aria-label": "New API key" },
+    h("p", {}, h("strong", {}, `Key "${created.name}" created.`), " Copy it now: it will not be shown again."),
+    h("div", { class: "key-row" }, value, copy, doneButton),
+  );
+  doneButton.addEventListener("click", () => {
+    value.value = "";
+    box.remove();
+    done();
+  });
+  clear(slot, box);
+  value.focus();
+  value.select();
+}
+
+// ---- usage --------------------------------------------------------------------------------
+
+/** Requests and tokens by user (admins) and by model over a chosen period. */
+function usageReport({ signal, isAdmin }) {
   const period = h("select", { name: "period" }, PERIODS.map(([v, label]) => h("option", { value: v }, label)));
   period.value = "7";
-  const usageStatus = h("div", { class: "status-slot" });
-  const usageHeaders = ["#Requests", "#Prompt tokens", "#Completion tokens", "#Total tokens", "#Avg latency", "#Errors"];
-  const byUser = table("By user", ["User", ...usageHeaders]);
-  const byModel = table("By model", ["Model", ...usageHeaders]);
-  period.addEventListener("change", loadUsage);
+  const status = h("div", { class: "status-slot" });
+  const headers = ["#Requests", "#Prompt tokens", "#Completion tokens", "#Total tokens", "#Avg latency", "#Errors"];
+  const byUser = table("By user", ["User", ...headers]);
+  const byModel = table("By model", ["Model", ...headers]);
+  period.addEventListener("change", load);
 
-  let usageRequest = null;
-  async function loadUsage() {
-    usageRequest?.abort(); // a slower earlier answer must not overwrite this one
+  let current = null;
+  async function load() {
+    current?.abort(); // a slower earlier answer must not overwrite this one
     const request = new AbortController();
-    usageRequest = request;
+    current = request;
     const options = { signal: AbortSignal.any([signal, request.signal]) };
     const days = Number(period.value);
     const since = days ? new Date(Date.now() - days * 86400_000).toISOString() : null;
@@ -242,57 +297,38 @@ export function render(root, ctx) {
       const models = await api(`/api/usage${query({ group_by: "model", since })}`, options);
       fillUsage(byUser, users.groups, (g) => g.user ?? "(deleted user)");
       fillUsage(byModel, models.groups, (g) => g.model ?? "(no model)");
-      clear(usageStatus);
+      clear(status);
     } catch (error) {
-      if (error.name !== "AbortError") clear(usageStatus, messageBox(error.message));
+      if (error.name !== "AbortError") clear(status, messageBox(error.message));
     }
   }
 
-  function fillUsage(target, groups, label) {
-    clear(target.tbody);
-    if (!groups.length) {
-      target.tbody.append(h("tr", {}, h("td", { colspan: 7, class: "empty" }, "No requests in this period.")));
-      return;
-    }
-    for (const g of groups) {
-      target.tbody.append(
-        h(
-          "tr",
-          {},
-          h("th", { scope: "row" }, String(label(g))),
-          ...[g.requests, g.prompt_tokens, g.completion_tokens, g.total_tokens].map((n) => h("td", { class: "num" }, formatNumber(n))),
-          h("td", { class: "num" }, `${Math.round(g.avg_latency_ms)} ms`),
-          h("td", { class: "num" }, formatNumber(g.errors)),
-        ),
-      );
-    }
-  }
-
-  clear(
-    root,
-    h("h1", {}, isAdmin ? "Admin" : "Keys & usage"),
-    isAdmin
-      ? h("section", { class: "card", "aria-labelledby": "users-title" }, h("h2", { id: "users-title" }, "Users"), usersStatus, users.table)
-      : null,
-    h(
-      "section",
-      { class: "card", "aria-labelledby": "keys-title" },
-      h("h2", { id: "keys-title" }, "API keys"),
-      h("p", { class: "muted" }, "A key acts as its owner for SDKs and scripts: ", h("code", {}, "Authorization: Bearer sk-…"), " on /v1."),
-      keyForm,
-      keyStatus,
-      keyReveal,
-      keys.table,
-    ),
-    h(
-      "section",
-      { class: "card", "aria-labelledby": "usage-title" },
-      h("div", { class: "section-head" }, h("h2", { id: "usage-title" }, "Usage"), field("Period", period)),
-      usageStatus,
-      h("div", { class: "usage-grid" }, isAdmin ? byUser.table : null, byModel.table),
-    ),
+  const section = h(
+    "section",
+    { class: "card", "aria-labelledby": "usage-title" },
+    h("div", { class: "section-head" }, h("h2", { id: "usage-title" }, "Usage"), field("Period", period)),
+    status,
+    h("div", { class: "usage-grid" }, isAdmin ? byUser.table : null, byModel.table),
   );
-  loadUsers().then(loadKeys);
-  loadUsage();
-  return () => controller.abort();
+  return { section, load };
+}
+
+function fillUsage(target, groups, label) {
+  clear(target.tbody);
+  if (!groups.length) {
+    target.tbody.append(h("tr", {}, h("td", { colspan: 7, class: "empty" }, "No requests in this period.")));
+    return;
+  }
+  for (const g of groups) {
+    target.tbody.append(
+      h(
+        "tr",
+        {},
+        h("th", { scope: "row" }, String(label(g))),
+        ...[g.requests, g.prompt_tokens, g.completion_tokens, g.total_tokens].map((n) => h("td", { class: "num" }, formatNumber(n))),
+        h("td", { class: "num" }, `${Math.round(g.avg_latency_ms)} ms`),
+        h("td", { class: "num" }, formatNumber(g.errors)),
+      ),
+    );
+  }
 }

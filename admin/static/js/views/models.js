@@ -1,5 +1,6 @@
 // Models: search the hub, download with live progress (SSE over fetch), cancel, and the
-// models already on this machine with what their files say.
+// models already on this machine with what their files say. Three parts, one per card:
+// hubSearch, downloadList and localModels; render() wires them together.
 
 import { api, follow, query } from "../api.js";
 import {
@@ -26,6 +27,7 @@ const SORTS = [
   ["likes", "Most liked"],
   ["lastModified", "Recently updated"],
 ];
+const DOWNLOADS_SHOWN = 8; // finished downloads kept in the list (active ones always are)
 
 export function modelPath(id) {
   return id.split("/").map(encodeURIComponent).join("/");
@@ -33,22 +35,38 @@ export function modelPath(id) {
 
 export function render(root, ctx) {
   const controller = new AbortController();
-  const { signal } = controller;
-  const isAdmin = ctx.user.is_admin;
-  const downloads = new Map(); // id -> view
-  let localIds = new Set();
-  let localLoaded = false;
+  const env = { signal: controller.signal, isAdmin: ctx.user.is_admin, go: ctx.go };
+  // The parts know each other only through these calls (made after all three exist).
+  const local = localModels(env, { changed: () => search.refreshActions() });
+  const downloads = downloadList(env, {
+    changed: () => search.refreshActions(),
+    finished: () => local.load(),
+  });
+  const search = hubSearch(env, {
+    onMachine: (id, otherwise) => local.has(id) ?? otherwise,
+    downloading: (id) => downloads.isActive(id),
+    download: (id) => downloads.start(id),
+  });
+  clear(root, h("h1", {}, "Models"), search.section, downloads.section, local.section);
+  local.load();
+  downloads.follow();
+  return () => controller.abort();
+}
 
-  // ---- search ---------------------------------------------------------------------------
+// ---- search -------------------------------------------------------------------------------
+
+/** The hub search card. `links.onMachine(id, otherwise)`, `links.downloading(id)`,
+ * `links.download(id)` come from the other parts. */
+function hubSearch({ signal, isAdmin }, links) {
   const q = h("input", { type: "search", name: "query", placeholder: "e.g. Qwen3 4bit" });
   const author = h("input", { type: "text", name: "author", placeholder: "any", autocomplete: "off" });
   const sort = h("select", { name: "sort" }, SORTS.map(([v, label]) => h("option", { value: v }, label)));
   const maxSize = h("input", { type: "number", name: "max_size_gb", min: "0.1", step: "0.1", inputmode: "decimal" });
   const searchButton = h("button", { type: "submit", class: "primary" }, "Search");
-  const searchStatus = h("div", { class: "status-slot" });
+  const status = h("div", { class: "status-slot" });
   const results = table("Search results", ["Model", "#Size", "#Downloads", "#Likes", "Updated", ""]);
   results.table.hidden = true;
-  const searchForm = h(
+  const form = h(
     "form",
     { class: "inline-form", role: "search", "aria-label": "Search the hub" },
     field("Search", q),
@@ -57,13 +75,13 @@ export function render(root, ctx) {
     field("Max size (GiB)", maxSize),
     h("div", { class: "field submit" }, searchButton),
   );
-  searchForm.addEventListener("submit", (event) => {
+  form.addEventListener("submit", (event) => {
     event.preventDefault();
     busy(searchButton, search, "Searching…");
   });
 
   async function search() {
-    clear(searchStatus);
+    clear(status);
     const params = {
       query: q.value.trim() || null,
       sort: sort.value,
@@ -73,12 +91,11 @@ export function render(root, ctx) {
     // An empty author means the gateway's default organisation (if one is set).
     if (author.value.trim()) params.author = author.value.trim();
     try {
-      const found = await api(`/api/models/search${query(params)}`, { signal });
-      showResults(found);
+      showResults(await api(`/api/models/search${query(params)}`, { signal }));
     } catch (error) {
       if (error.name === "AbortError") return;
       results.table.hidden = true;
-      clear(searchStatus, messageBox(error.message));
+      clear(status, messageBox(error.message));
     }
   }
 
@@ -90,99 +107,123 @@ export function render(root, ctx) {
       results.tbody.append(h("tr", {}, h("td", { colspan: 6, class: "empty" }, "No MLX model matches.")));
       return;
     }
-    for (const model of found) {
-      const action = h("td", { class: "actions" });
-      const row = h(
-        "tr",
-        { dataset: { model: model.id } },
-        h("th", { scope: "row" }, h("span", { class: "model-id" }, model.id), tags(model)),
-        h("td", { class: "num" }, model.size_bytes == null ? "unknown" : formatBytes(model.size_bytes)),
-        h("td", { class: "num" }, formatNumber(model.downloads)),
-        h("td", { class: "num" }, formatNumber(model.likes)),
-        h("td", {}, timeAgo(model.last_modified)),
-        action,
-      );
-      renderSearchAction(action, model);
-      results.tbody.append(row);
-    }
+    for (const model of found) results.tbody.append(resultRow(model));
   }
 
-  function renderSearchAction(cell, model) {
-    const downloading = [...downloads.values()].some(
-      (d) => ACTIVE.has(d.status) && d.model_id.toLowerCase() === model.id.toLowerCase(),
+  function resultRow(model) {
+    const action = h("td", { class: "actions" });
+    const row = h(
+      "tr",
+      { dataset: { model: model.id } },
+      h("th", { scope: "row" }, h("span", { class: "model-id" }, model.id), tags(model)),
+      h("td", { class: "num" }, model.size_bytes == null ? "unknown" : formatBytes(model.size_bytes)),
+      h("td", { class: "num" }, formatNumber(model.downloads)),
+      h("td", { class: "num" }, formatNumber(model.likes)),
+      h("td", {}, timeAgo(model.last_modified)),
+      action,
     );
-    const onMachine = localLoaded ? localIds.has(model.id.toLowerCase()) : model.downloaded;
-    if (onMachine) {
+    renderAction(action, model);
+    return row;
+  }
+
+  function renderAction(cell, model) {
+    if (links.onMachine(model.id, model.downloaded)) {
       clear(cell, badge("on this machine", "ok"));
-    } else if (downloading) {
+    } else if (links.downloading(model.id)) {
       clear(cell, badge("downloading", "busy"));
     } else if (isAdmin) {
-      const button = h(
-        "button",
-        { type: "button", class: "small", "aria-label": `Download ${model.id}` },
-        "Download",
-      );
-      button.addEventListener("click", () => busy(button, () => startDownload(model.id), "Starting…"));
+      const button = h("button", { type: "button", class: "small", "aria-label": `Download ${model.id}` }, "Download");
+      button.addEventListener("click", () => busy(button, () => links.download(model.id), "Starting…"));
       clear(cell, button);
     } else {
       clear(cell);
     }
   }
 
-  function refreshSearchActions() {
+  /** Re-render each result's action after a download or the local list changed. */
+  function refreshActions() {
     for (const row of results.tbody.querySelectorAll("tr[data-model]")) {
-      renderSearchAction(row.querySelector("td.actions"), { id: row.dataset.model });
+      renderAction(row.querySelector("td.actions"), { id: row.dataset.model });
     }
   }
 
-  async function startDownload(modelId) {
+  const section = h(
+    "section",
+    { class: "card", "aria-labelledby": "hub-title" },
+    h("h2", { id: "hub-title" }, "Find models on the hub"),
+    form,
+    status,
+    results.table,
+  );
+  return { section, refreshActions };
+}
+
+function tags(model) {
+  const shown = (model.tags || []).filter((t) => /bit|instruct|vision|whisper|embed/i.test(t)).slice(0, 3);
+  const extra = [];
+  if (model.gated) extra.push(badge("gated", "warn"));
+  return shown.length || extra.length
+    ? h("span", { class: "tags" }, shown.map((t) => h("span", { class: "tag" }, t)), extra)
+    : null;
+}
+
+// ---- downloads ----------------------------------------------------------------------------
+
+/** The downloads card, kept live by the SSE stream. `links.changed()` when a download starts
+ * or stops being active; `links.finished()` when one ends (the local list has news). */
+function downloadList({ signal, isAdmin }, links) {
+  const downloads = new Map(); // id -> view
+  const list = h("ul", { class: "downloads", "aria-label": "Downloads" });
+  const empty = h("p", { class: "muted" }, "No downloads yet.");
+  const liveState = h("span", { class: "muted small-text", "aria-live": "off" });
+
+  function isActive(modelId) {
+    const wanted = modelId.toLowerCase();
+    return [...downloads.values()].some((d) => ACTIVE.has(d.status) && d.model_id.toLowerCase() === wanted);
+  }
+
+  async function start(modelId) {
     try {
-      const view = await api("/api/downloads", { method: "POST", body: { model_id: modelId }, signal });
-      upsertDownload(view);
+      upsert(await api("/api/downloads", { method: "POST", body: { model_id: modelId }, signal }));
       notify(`Downloading ${modelId}`);
     } catch (error) {
       if (error.name !== "AbortError") notify(`Cannot download ${modelId}: ${error.message}`, "error");
     }
   }
 
-  // ---- downloads ------------------------------------------------------------------------
-  const downloadList = h("ul", { class: "downloads", "aria-label": "Downloads" });
-  const downloadsEmpty = h("p", { class: "muted" }, "No downloads yet.");
-  const liveState = h("span", { class: "muted small-text", "aria-live": "off" });
-
-  function upsertDownload(view) {
+  function upsert(view) {
     const before = downloads.get(view.id);
     downloads.set(view.id, view);
-    renderDownloads();
-    if (!before || ACTIVE.has(before.status) !== ACTIVE.has(view.status)) refreshSearchActions();
+    renderList();
+    if (!before || ACTIVE.has(before.status) !== ACTIVE.has(view.status)) links.changed();
     if (before && ACTIVE.has(before.status) && !ACTIVE.has(view.status)) {
       if (view.status === "completed") notify(`${view.model_id} downloaded`, "success");
       else if (view.status === "failed") notify(`${view.model_id}: ${view.error || "failed"}`, "error");
-      loadLocal();
+      links.finished();
     }
   }
 
-  function renderDownloads() {
+  function renderList() {
     const all = [...downloads.values()].sort((a, b) => b.id - a.id);
-    const shown = all.filter((d, i) => ACTIVE.has(d.status) || i < 8);
-    downloadsEmpty.hidden = shown.length > 0;
-    const byId = new Map([...downloadList.children].map((li) => [li.dataset.id, li]));
+    const shown = all.filter((d, i) => ACTIVE.has(d.status) || i < DOWNLOADS_SHOWN);
+    empty.hidden = shown.length > 0;
+    const byId = new Map([...list.children].map((li) => [li.dataset.id, li]));
     let previous = null;
     for (const view of shown) {
       let li = byId.get(String(view.id));
       if (li) byId.delete(String(view.id));
-      else li = createDownloadItem(view);
-      updateDownloadItem(li, view);
-      if ((previous ? previous.nextElementSibling : downloadList.firstElementChild) !== li) {
+      else li = createItem(view);
+      updateItem(li, view);
+      if ((previous ? previous.nextElementSibling : list.firstElementChild) !== li) {
         if (previous) previous.after(li);
-        else downloadList.prepend(li);
+        else list.prepend(li);
       }
       previous = li;
     }
     for (const li of byId.values()) li.remove();
   }
 
-  function createDownloadItem(view) {
+  function createItem(view) {
     const progress = h("progress", { max: 1, "aria-label": `Download progress of ${view.model_id}` });
     const cancel = h(
       "button",
@@ -192,7 +233,7 @@ export function render(root, ctx) {
     cancel.addEventListener("click", () =>
       busy(cancel, async () => {
         try {
-          upsertDownload(await api(`/api/downloads/${view.id}`, { method: "DELETE", signal }));
+          upsert(await api(`/api/downloads/${view.id}`, { method: "DELETE", signal }));
         } catch (error) {
           if (error.name !== "AbortError") notify(error.message, "error");
         }
@@ -207,7 +248,7 @@ export function render(root, ctx) {
     );
   }
 
-  function updateDownloadItem(li, view) {
+  function updateItem(li, view) {
     li.dataset.status = view.status;
     clear(li.querySelector(".status"), badge(view.status));
     const progress = li.querySelector("progress");
@@ -218,31 +259,68 @@ export function render(root, ctx) {
     } else {
       progress.removeAttribute("value"); // indeterminate until the size is known
     }
-    const parts = [];
-    if (view.bytes_total) {
-      const pct = Math.floor((view.bytes_done / view.bytes_total) * 100);
-      parts.push(`${formatBytes(view.bytes_done)} of ${formatBytes(view.bytes_total)} (${pct}%)`);
-    }
-    if (view.status === "downloading") {
-      parts.push(formatRate(view.rate_bytes_per_second));
-      parts.push(view.eta_seconds == null ? "estimating…" : `${formatDuration(view.eta_seconds)} left`);
-    }
-    if (view.files_total) parts.push(`${view.files_done}/${view.files_total} files`);
-    if (view.error) parts.push(view.error);
-    li.querySelector(".meta").textContent = parts.join(" · ");
+    li.querySelector(".meta").textContent = progressText(view);
     const cancel = li.querySelector("button");
     if (cancel) cancel.hidden = !ACTIVE.has(view.status);
   }
 
-  async function loadDownloads() {
+  async function load() {
     try {
-      for (const view of await api("/api/downloads", { signal })) upsertDownload(view);
+      for (const view of await api("/api/downloads", { signal })) upsert(view);
     } catch (error) {
       if (error.name !== "AbortError") notify(error.message, "error");
     }
   }
 
-  // ---- local cache ----------------------------------------------------------------------
+  /** Load the list, then follow the event stream until the view closes. */
+  async function followEvents() {
+    await load();
+    if (signal.aborted) return;
+    follow("/api/downloads/events", {
+      signal,
+      onEvent: (event) => {
+        if (event.event === "download") upsert(JSON.parse(event.data));
+      },
+      onState: (state) => {
+        // Events only cover what runs now: after a reconnect, catch up on what ended meanwhile.
+        if (state === "open" && liveState.dataset.state === "retrying") load();
+        liveState.textContent = state === "open" ? "live" : state === "retrying" ? "reconnecting…" : "";
+        liveState.dataset.state = state;
+      },
+    });
+  }
+
+  const section = h(
+    "section",
+    { class: "card", "aria-labelledby": "downloads-title" },
+    h("div", { class: "section-head" }, h("h2", { id: "downloads-title" }, "Downloads"), liveState),
+    empty,
+    list,
+  );
+  return { section, isActive, start, follow: followEvents };
+}
+
+/** "1.2 GiB of 4 GiB (30%) · 20 MiB/s · 3 min left · 2/5 files" */
+function progressText(view) {
+  const parts = [];
+  if (view.bytes_total) {
+    const pct = Math.floor((view.bytes_done / view.bytes_total) * 100);
+    parts.push(`${formatBytes(view.bytes_done)} of ${formatBytes(view.bytes_total)} (${pct}%)`);
+  }
+  if (view.status === "downloading") {
+    parts.push(formatRate(view.rate_bytes_per_second));
+    parts.push(view.eta_seconds == null ? "estimating…" : `${formatDuration(view.eta_seconds)} left`);
+  }
+  if (view.files_total) parts.push(`${view.files_done}/${view.files_total} files`);
+  if (view.error) parts.push(view.error);
+  return parts.join(" · ");
+}
+
+// ---- local cache --------------------------------------------------------------------------
+
+/** The "on this machine" card. `has(id)` is null until the list has loaded; `links.changed()`
+ * after each load. */
+function localModels({ signal, isAdmin, go }, links) {
   const local = table("Models on this machine", [
     "Model",
     "#Size",
@@ -253,30 +331,30 @@ export function render(root, ctx) {
     "Chat template",
     "",
   ]);
-  const localStatus = h("div", { class: "status-slot" });
+  const status = h("div", { class: "status-slot" });
+  let ids = null; // complete models, lower-cased; null until loaded
 
-  async function loadLocal() {
+  async function load() {
     try {
       const found = await api("/api/models/local", { signal });
-      localIds = new Set(found.filter((m) => m.complete).map((m) => m.id.toLowerCase()));
-      localLoaded = true;
-      refreshSearchActions();
+      ids = new Set(found.filter((m) => m.complete).map((m) => m.id.toLowerCase()));
+      links.changed();
       local.caption.textContent = `Models on this machine (${found.length})`;
       if (!found.length) {
         clear(local.tbody, h("tr", {}, h("td", { colspan: 8, class: "empty" }, "No model in the local cache yet.")));
         return;
       }
-      syncRows(local.tbody, found, (m) => m.id, createLocalRow, updateLocalRow);
+      syncRows(local.tbody, found, (m) => m.id, createRow, updateRow);
     } catch (error) {
-      if (error.name !== "AbortError") clear(localStatus, messageBox(error.message));
+      if (error.name !== "AbortError") clear(status, messageBox(error.message));
     }
   }
 
-  function createLocalRow(model) {
+  function createRow() {
     return h("tr", {}, ...Array.from({ length: 7 }, () => h("td")), h("td", { class: "actions" }));
   }
 
-  function updateLocalRow(row, model) {
+  function updateRow(row, model) {
     const c = model.characteristics || {};
     const cells = row.children;
     const name = h("th", { scope: "row" }, h("span", { class: "model-id" }, model.id));
@@ -302,88 +380,39 @@ export function render(root, ctx) {
             type: "button",
             class: "small",
             "aria-label": `Create a profile for ${model.id}`,
-            onclick: () => ctx.go(`#/profiles?from=${encodeURIComponent(model.id)}`),
+            onclick: () => go(`#/profiles?from=${encodeURIComponent(model.id)}`),
           },
           "Create profile",
         ),
       );
     }
-    if (isAdmin && !model.downloading) {
-      const del = h(
-        "button",
-        { type: "button", class: "small danger", "aria-label": `Delete ${model.id}` },
-        "Delete",
-      );
-      del.addEventListener("click", async () => {
-        const ok = await confirmDialog(`Delete ${model.id} (${formatBytes(model.size_bytes)}) from this machine?`, "Delete");
-        if (!ok) return;
-        await busy(del, async () => {
-          try {
-            const result = await api(`/api/models/local/${modelPath(model.id)}`, { method: "DELETE", signal });
-            notify(`Deleted ${model.id}; freed ${formatBytes(result.freed_bytes)}`, "success");
-            await loadLocal();
-            refreshSearchActions();
-          } catch (error) {
-            if (error.name !== "AbortError") notify(error.message, "error");
-          }
-        });
-      });
-      actions.append(del);
-    }
+    if (isAdmin && !model.downloading) actions.append(deleteButton(model));
   }
 
-  // ---- layout ---------------------------------------------------------------------------
-  clear(
-    root,
-    h("h1", {}, "Models"),
-    h(
-      "section",
-      { class: "card", "aria-labelledby": "hub-title" },
-      h("h2", { id: "hub-title" }, "Find models on the hub"),
-      searchForm,
-      searchStatus,
-      results.table,
-    ),
-    h(
-      "section",
-      { class: "card", "aria-labelledby": "downloads-title" },
-      h("div", { class: "section-head" }, h("h2", { id: "downloads-title" }, "Downloads"), liveState),
-      downloadsEmpty,
-      downloadList,
-    ),
-    h(
-      "section",
-      { class: "card", "aria-labelledby": "local-title" },
-      h("h2", { id: "local-title" }, "On this machine"),
-      localStatus,
-      local.table,
-    ),
-  );
-
-  loadLocal();
-  loadDownloads().then(() => {
-    if (signal.aborted) return;
-    follow("/api/downloads/events", {
-      signal,
-      onEvent: (event) => {
-        if (event.event === "download") upsertDownload(JSON.parse(event.data));
-      },
-      onState: (state) => {
-        // Events only cover what runs now: after a reconnect, catch up on what ended meanwhile.
-        if (state === "open" && liveState.dataset.state === "retrying") loadDownloads();
-        liveState.textContent = state === "open" ? "live" : state === "retrying" ? "reconnecting…" : "";
-        liveState.dataset.state = state;
-      },
+  function deleteButton(model) {
+    const del = h("button", { type: "button", class: "small danger", "aria-label": `Delete ${model.id}` }, "Delete");
+    del.addEventListener("click", async () => {
+      const ok = await confirmDialog(`Delete ${model.id} (${formatBytes(model.size_bytes)}) from this machine?`, "Delete");
+      if (!ok) return;
+      await busy(del, async () => {
+        try {
+          const result = await api(`/api/models/local/${modelPath(model.id)}`, { method: "DELETE", signal });
+          notify(`Deleted ${model.id}; freed ${formatBytes(result.freed_bytes)}`, "success");
+          await load();
+        } catch (error) {
+          if (error.name !== "AbortError") notify(error.message, "error");
+        }
+      });
     });
-  });
-  return () => controller.abort();
-}
+    return del;
+  }
 
-function tags(model) {
-  const shown = (model.tags || []).filter((t) => /bit|instruct|vision|whisper|embed/i.test(t)).slice(0, 3);
-  const extra = [];
-  if (model.gated) extra.push(badge("gated", "warn"));
-  return shown.length || extra.length
-    ? h("span", { class: "tags" }, shown.map((t) => h("span", { class: "tag" }, t)), extra)
-    : null;
+  const section = h(
+    "section",
+    { class: "card", "aria-labelledby": "local-title" },
+    h("h2", { id: "local-title" }, "On this machine"),
+    status,
+    local.table,
+  );
+  return { section, load, has: (id) => (ids ? ids.has(id.toLowerCase()) : null) };
 }

@@ -1,5 +1,6 @@
 // Servers: live state of every profile's model server (polled), start/stop/restart, and the
 // server's log followed live over SSE (fetch streaming, so the token stays in a header).
+// Parts: serverList (the polled table and its actions) and logPanel (one followed log).
 
 import { api, follow } from "../api.js";
 import {
@@ -16,13 +17,35 @@ import {
 } from "../dom.js";
 
 const POLL_MS = 2000;
+const MEMORY_EVERY = 3; // polls between memory reads (the cap rarely changes)
 const MAX_LOG_LINES = 2000;
 const RUNNING = new Set(["starting", "ready"]);
 
 export function render(root, ctx) {
   const controller = new AbortController();
   const { signal } = controller;
-  const isAdmin = ctx.user.is_admin;
+  const log = logPanel(signal);
+  const servers = serverList({ signal, isAdmin: ctx.user.is_admin }, { showLog: log.open });
+  clear(
+    root,
+    h("h1", {}, "Servers"),
+    servers.summary,
+    servers.status,
+    h("section", { class: "card" }, servers.table),
+    log.section,
+  );
+  servers.poll();
+  const timer = setInterval(() => {
+    if (!document.hidden) servers.poll();
+  }, POLL_MS);
+  return () => {
+    clearInterval(timer);
+    controller.abort();
+  };
+}
+
+/** The table of servers, refreshed by poll(), with Start/Stop/Restart and Log per row. */
+function serverList({ signal, isAdmin }, { showLog }) {
   const status = h("div", { class: "status-slot" });
   const summary = h("p", { class: "summary" });
   const list = table("Model servers", [
@@ -36,33 +59,12 @@ export function render(root, ctx) {
     "PID / port",
     "",
   ]);
-  let logFollow = null; // {id, controller}
   let memory = null;
   let ticks = 0;
 
-  const logTitle = h("h2", { id: "log-title" }, "Log");
-  const logState = h("span", { class: "muted small-text" });
-  const logView = h("pre", { class: "log", role: "log", "aria-labelledby": "log-title", tabindex: 0 });
-  const autoScroll = h("input", { type: "checkbox", id: "log-autoscroll", checked: true });
-  const closeLog = h("button", { type: "button", class: "small secondary" }, "Close log");
-  const logSection = h(
-    "section",
-    { class: "card log-card", "aria-labelledby": "log-title", hidden: true },
-    h(
-      "div",
-      { class: "section-head" },
-      logTitle,
-      logState,
-      h("div", { class: "field check inline" }, autoScroll, h("label", { for: "log-autoscroll" }, "Follow")),
-      closeLog,
-    ),
-    logView,
-  );
-  closeLog.addEventListener("click", stopLog);
-
   async function poll() {
     try {
-      const wantMemory = ticks % 3 === 0;
+      const wantMemory = ticks % MEMORY_EVERY === 0;
       ticks += 1;
       const [servers, mem] = await Promise.all([
         api("/api/servers", { signal }),
@@ -70,21 +72,14 @@ export function render(root, ctx) {
       ]);
       memory = mem;
       clear(status);
-      renderServers(servers);
+      show(servers);
     } catch (error) {
       if (error.name !== "AbortError") clear(status, messageBox(error.message));
     }
   }
 
-  function renderServers(servers) {
-    const running = servers.filter((s) => RUNNING.has(s.state));
-    const held = running.reduce((sum, s) => sum + Math.max(s.memory_bytes || 0, s.need_bytes || 0), 0);
-    clear(
-      summary,
-      `${running.length} of ${servers.length} running · `,
-      h("strong", {}, formatBytes(held)),
-      memory ? ` held of a ${formatBytes(memory.cap_bytes)} cap` : " held",
-    );
+  function show(servers) {
+    clear(summary, ...summaryOf(servers, memory));
     list.caption.textContent = `Model servers (${servers.length})`;
     if (!servers.length) {
       clear(
@@ -115,7 +110,7 @@ export function render(root, ctx) {
       { type: "button", class: "small secondary", dataset: { action: "logs" }, "aria-label": `Show the log of ${server.name}` },
       "Log",
     );
-    logs.addEventListener("click", () => startLog(Number(row.dataset.key), row.dataset.name));
+    logs.addEventListener("click", () => showLog(Number(row.dataset.key), row.dataset.name));
     actions.append(logs);
     return row;
   }
@@ -167,57 +162,82 @@ export function render(root, ctx) {
     if (!signal.aborted) poll();
   }
 
-  function stopLog() {
-    if (logFollow) logFollow.controller.abort();
-    logFollow = null;
-    logSection.hidden = true;
+  return { status, summary, table: list.table, poll };
+}
+
+/** "2 of 5 running · 3.1 GiB held of a 12 GiB cap" */
+function summaryOf(servers, memory) {
+  const running = servers.filter((s) => RUNNING.has(s.state));
+  const held = running.reduce((sum, s) => sum + Math.max(s.memory_bytes || 0, s.need_bytes || 0), 0);
+  return [
+    `${running.length} of ${servers.length} running · `,
+    h("strong", {}, formatBytes(held)),
+    memory ? ` held of a ${formatBytes(memory.cap_bytes)} cap` : " held",
+  ];
+}
+
+/** The log card: `open(id, name)` follows one server's log (the last MAX_LOG_LINES lines). */
+function logPanel(signal) {
+  let following = null; // AbortController of the log being followed
+  const title = h("h2", { id: "log-title" }, "Log");
+  const state = h("span", { class: "muted small-text" });
+  const view = h("pre", { class: "log", role: "log", "aria-labelledby": "log-title", tabindex: 0 });
+  const autoScroll = h("input", { type: "checkbox", id: "log-autoscroll", checked: true });
+  const closeButton = h("button", { type: "button", class: "small secondary" }, "Close log");
+  const section = h(
+    "section",
+    { class: "card log-card", "aria-labelledby": "log-title", hidden: true },
+    h(
+      "div",
+      { class: "section-head" },
+      title,
+      state,
+      h("div", { class: "field check inline" }, autoScroll, h("label", { for: "log-autoscroll" }, "Follow")),
+      closeButton,
+    ),
+    view,
+  );
+  closeButton.addEventListener("click", close);
+
+  function close() {
+    following?.abort();
+    following = null;
+    section.hidden = true;
   }
 
-  function startLog(id, name) {
-    if (logFollow) logFollow.controller.abort();
+  function append(line, extraClass = "") {
+    view.append(h("span", { class: `line${extraClass}` }, line), "\n");
+  }
+
+  function open(id, name) {
+    following?.abort();
     const follower = new AbortController();
     signal.addEventListener("abort", () => follower.abort(), { once: true });
-    logFollow = { id, controller: follower };
-    logTitle.textContent = `Log of ${name}`;
-    logView.replaceChildren();
-    logSection.hidden = false;
-    logSection.scrollIntoView({ block: "nearest" });
-    logView.focus({ preventScroll: true });
+    following = follower;
+    title.textContent = `Log of ${name}`;
+    view.replaceChildren();
+    section.hidden = false;
+    section.scrollIntoView({ block: "nearest" });
+    view.focus({ preventScroll: true });
     let first = true;
     follow(`/api/servers/${id}/logs?tail=200`, {
       signal: follower.signal,
       onEvent: (event) => {
-        const { line } = JSON.parse(event.data);
-        logView.append(h("span", { class: "line" }, line), "\n");
-        while (logView.childNodes.length > MAX_LOG_LINES * 2) {
-          logView.firstChild.remove();
-          logView.firstChild.remove();
+        append(JSON.parse(event.data).line);
+        while (view.childNodes.length > MAX_LOG_LINES * 2) {
+          view.firstChild.remove();
+          view.firstChild.remove();
         }
-        if (autoScroll.checked) logView.scrollTop = logView.scrollHeight;
+        if (autoScroll.checked) view.scrollTop = view.scrollHeight;
       },
-      onState: (state) => {
-        if (state === "open" && !first) logView.append(h("span", { class: "line muted" }, "— reconnected —"), "\n");
-        if (state === "open") first = false;
-        logState.textContent = state === "open" ? "following" : state === "retrying" ? "reconnecting…" : "";
-        logSection.dataset.state = state;
+      onState: (now) => {
+        if (now === "open" && !first) append("— reconnected —", " muted");
+        if (now === "open") first = false;
+        state.textContent = now === "open" ? "following" : now === "retrying" ? "reconnecting…" : "";
+        section.dataset.state = now;
       },
     });
   }
 
-  clear(
-    root,
-    h("h1", {}, "Servers"),
-    summary,
-    status,
-    h("section", { class: "card" }, list.table),
-    logSection,
-  );
-  poll();
-  const timer = setInterval(() => {
-    if (!document.hidden) poll();
-  }, POLL_MS);
-  return () => {
-    clearInterval(timer);
-    controller.abort();
-  };
+  return { section, open };
 }
