@@ -13,7 +13,7 @@ from gateway.auth import require_user
 from gateway.runtime import gateway_of
 from gateway.serving.launch import find_backend
 from gateway.system_info import backend_versions, host_facts
-from gateway.types import ALIVE
+from gateway.types import ALIVE, MODEL_TYPES, RUNNING, SERVER_STATES
 
 
 def _backend_cache(request: Request) -> dict[str | None, dict[str, str | None]]:
@@ -63,6 +63,10 @@ async def info(request: Request) -> Response:
     return JSONResponse(
         {
             **facts,
+            # The page reads the vocabulary here instead of keeping its own copy.
+            "model_types": list(MODEL_TYPES),
+            "server_states": list(SERVER_STATES),
+            "running_states": [state for state in SERVER_STATES if state in RUNNING],
             "backend": {"executable": executable, "packages": cache[executable]},
             "settings": {
                 "home": str(gateway.settings.home),

@@ -53,6 +53,11 @@ async def test_profiles_chat_and_servers(ui: Ui, tmp_path: Path) -> None:
     await ui.go("Profiles")
     await page.get_by_role("button", name="New profile").click()
     dialog = page.get_by_role("dialog", name="New profile")
+    # The kinds offered are the gateway's own (GET /api/system/info), in its order.
+    info = (await ui.api("GET", "/api/system/info")).json()
+    model_types = dialog.get_by_label("Model type").locator("option")
+    await expect(model_types).to_have_text(info["model_types"])
+    await expect(dialog.get_by_label("Model type")).to_have_value("lm")
     await dialog.get_by_label("Name", exact=True).fill("stub")
     await dialog.get_by_role("button", name="Create profile").click()
     await expect(dialog.get_by_role("alert")).to_contain_text("model_path is required")
@@ -153,6 +158,10 @@ async def test_profiles_chat_and_servers(ui: Ui, tmp_path: Path) -> None:
     await expect(stub_row).to_contain_text("ready")
     await expect(stub_row).to_contain_text("pinned")
     await expect(servers.get_by_role("row", name="thinker")).to_contain_text("ready")
+    # "Running" is the gateway's running_states (GET /api/system/info): both count.
+    summary = page.locator("p.summary")
+    await expect(summary).to_contain_text("2 of 2 running")
+    await expect(stub_row.get_by_role("button", name="Start stub", exact=True)).to_be_disabled()
     # The table refreshes itself every 2 s without taking the keyboard focus away.
     log_button = servers.get_by_role("button", name="Show the log of thinker")
     await log_button.focus()
@@ -198,6 +207,7 @@ async def test_profiles_chat_and_servers(ui: Ui, tmp_path: Path) -> None:
 
     await stub_row.get_by_role("button", name="Stop stub").click()
     await expect(stub_row.locator("td").first).to_have_text("stopped")
+    await expect(summary).to_contain_text("1 of 2 running")
     await expect(stub_row.get_by_role("button", name="Start stub", exact=True)).to_be_enabled()
     await expect(stub_row.get_by_role("button", name="Stop stub")).to_be_disabled()
     states = {s["name"]: s["state"] for s in (await ui.api("GET", "/api/servers")).json()}

@@ -4,17 +4,16 @@
 
 import { busy, clear, field, h, messageBox, newId } from "../dom.js";
 
-const MODEL_TYPES = ["lm", "multimodal", "embeddings", "whisper", "image-generation", "image-edit"];
-
 /**
- * The dialog for `existing` (null: a new profile), filled with `values`. `save(body)` sends
- * it; an error it throws is shown in the form, on its field when the error names one.
+ * The dialog for `existing` (null: a new profile), filled with `values`; `modelTypes` are the
+ * kinds the gateway serves (GET /api/system/info). `save(body)` sends it; an error it throws
+ * is shown in the form, on its field when the error names one.
  */
-export function profileDialog(existing, values, localModels, save) {
+export function profileDialog(existing, values, { localModels, modelTypes }, save) {
   const v = { aliases: [], extra_args: [], env: {}, health_path: "/health", ...values };
   const titleId = newId("profile-title");
   const listId = newId("local-models");
-  const f = profileFields(v, listId);
+  const f = profileFields(v, listId, modelTypes);
   const status = h("div", { class: "status-slot" });
   const submit = h("button", { type: "submit", class: "primary" }, existing ? "Save" : "Create profile");
   const cancel = h("button", { type: "button", class: "secondary" }, "Cancel");
@@ -61,7 +60,7 @@ export function profileDialog(existing, values, localModels, save) {
 }
 
 /** One control per profile field, named as the API names it, holding the values `v`. */
-function profileFields(v, listId) {
+function profileFields(v, listId, modelTypes) {
   const input = (name, attrs = {}) => h("input", { name, ...attrs });
   const num = (name, attrs = {}) => input(name, { type: "number", inputmode: "decimal", ...attrs });
   const text = (name) => input(name, { type: "text", autocomplete: "off", value: v[name] ?? "" });
@@ -69,7 +68,7 @@ function profileFields(v, listId) {
   const f = {
     name: input("name", { type: "text", required: true, autocomplete: "off", value: v.name ?? "", pattern: "[A-Za-z0-9][\\w.:/@+\\-]*" }),
     model_path: input("model_path", { type: "text", list: listId, autocomplete: "off", value: v.model_path ?? "" }),
-    model_type: h("select", { name: "model_type" }, MODEL_TYPES.map((t) => h("option", { value: t }, t))),
+    model_type: h("select", { name: "model_type" }, modelTypes.map((t) => h("option", { value: t }, t))),
     aliases: input("aliases", { type: "text", autocomplete: "off", value: (v.aliases || []).join(", ") }),
     context_length: num("context_length", { min: 1, step: 1, value: v.context_length ?? "" }),
     idle_ttl: num("idle_ttl", { min: 0, step: "any", value: v.idle_ttl ?? "" }),

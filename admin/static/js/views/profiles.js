@@ -17,6 +17,7 @@ import {
   syncRows,
   table,
 } from "../dom.js";
+import { vocabulary } from "../vocabulary.js";
 import { profileDialog } from "./profile-form.js";
 
 const POLL_MS = 5000;
@@ -30,8 +31,16 @@ export function render(root, ctx) {
   const newButton = h("button", { type: "button", class: "primary" }, "New profile");
   newButton.addEventListener("click", () => openForm(null, {}));
 
-  function openForm(existing, values) {
-    const dialog = profileDialog(existing, values, picker.models(), async (body) => {
+  async function openForm(existing, values) {
+    let modelTypes;
+    try {
+      ({ modelTypes } = await vocabulary());
+    } catch (error) {
+      if (error.name !== "AbortError") notify(`Cannot open the form: ${error.message}`, "error");
+      return;
+    }
+    if (signal.aborted) return;
+    const dialog = profileDialog(existing, values, { localModels: picker.models(), modelTypes }, async (body) => {
       const saved = existing
         ? await api(`/api/profiles/${existing.id}`, { method: "PATCH", body, signal })
         : await api("/api/profiles", { method: "POST", body, signal });
@@ -68,6 +77,7 @@ export function render(root, ctx) {
   );
 
   profiles.load();
+  vocabulary().catch(() => {}); // asked now so the form opens at once; openForm reports a failure
   picker.load().then(() => {
     // #/profiles?from=<model id>: the Models page's "Create profile" button.
     const from = ctx.params.get("from");

@@ -15,11 +15,11 @@ import {
   table,
   timeAgo,
 } from "../dom.js";
+import { vocabulary } from "../vocabulary.js";
 
 const POLL_MS = 2000;
 const MEMORY_EVERY = 3; // polls between memory reads (the cap rarely changes)
 const MAX_LOG_LINES = 2000;
-const RUNNING = new Set(["starting", "ready"]);
 
 export function render(root, ctx) {
   const controller = new AbortController();
@@ -60,17 +60,20 @@ function serverList({ signal, isAdmin }, { showLog }) {
     "",
   ]);
   let memory = null;
+  let running = new Set(); // the states that count as running (GET /api/system/info)
   let ticks = 0;
 
   async function poll() {
     try {
       const wantMemory = ticks % MEMORY_EVERY === 0;
       ticks += 1;
-      const [servers, mem] = await Promise.all([
+      const [servers, mem, words] = await Promise.all([
         api("/api/servers", { signal }),
         wantMemory ? api("/api/system/memory", { signal }) : Promise.resolve(memory),
+        vocabulary(),
       ]);
       memory = mem;
+      running = words.running;
       clear(status);
       show(servers);
     } catch (error) {
@@ -79,7 +82,7 @@ function serverList({ signal, isAdmin }, { showLog }) {
   }
 
   function show(servers) {
-    clear(summary, ...summaryOf(servers, memory));
+    clear(summary, ...summaryOf(servers, memory, running));
     list.caption.textContent = `Model servers (${servers.length})`;
     if (!servers.length) {
       clear(
@@ -123,7 +126,7 @@ function serverList({ signal, isAdmin }, { showLog }) {
       name,
       h("span", { class: "model-id" }, s.name),
       s.pinned ? [" ", badge("pinned", "info")] : null,
-      s.last_error && !RUNNING.has(s.state) ? h("div", { class: "error-text small-text" }, s.last_error) : null,
+      s.last_error && !running.has(s.state) ? h("div", { class: "error-text small-text" }, s.last_error) : null,
     );
     clear(state, badge(s.state));
     mem.className = cpu.className = inflight.className = "num";
@@ -131,12 +134,12 @@ function serverList({ signal, isAdmin }, { showLog }) {
     cpu.textContent = s.cpu_percent == null ? "–" : `${s.cpu_percent.toFixed(1)}%`;
     inflight.textContent = String(s.inflight);
     clear(lastUsed, timeAgo(s.last_used_at));
-    clear(started, RUNNING.has(s.state) ? timeAgo(s.started_at) : "–");
+    clear(started, running.has(s.state) ? timeAgo(s.started_at) : "–");
     pid.textContent = s.pid ? `${s.pid} / ${s.port}` : "–";
     for (const button of row.querySelectorAll("button[data-action]")) {
       if (button.getAttribute("aria-busy")) continue;
       const action = button.dataset.action;
-      if (action === "start") button.disabled = RUNNING.has(s.state) || s.state === "stopping";
+      if (action === "start") button.disabled = running.has(s.state) || s.state === "stopping";
       if (action === "stop") button.disabled = s.state === "stopped" || s.state === "stopping";
       if (action === "restart") button.disabled = s.state === "stopping";
     }
@@ -166,8 +169,8 @@ function serverList({ signal, isAdmin }, { showLog }) {
 }
 
 /** "2 of 5 running · 3.1 GiB held of a 12 GiB cap" */
-function summaryOf(servers, memory) {
-  const running = servers.filter((s) => RUNNING.has(s.state));
+function summaryOf(servers, memory, runningStates) {
+  const running = servers.filter((s) => runningStates.has(s.state));
   const held = running.reduce((sum, s) => sum + Math.max(s.memory_bytes || 0, s.need_bytes || 0), 0);
   return [
     `${running.length} of ${servers.length} running · `,
