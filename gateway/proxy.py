@@ -16,6 +16,7 @@ import contextlib
 import json
 import logging
 import time
+import weakref
 from collections.abc import Callable
 from typing import Any, TypeVar
 
@@ -35,12 +36,13 @@ from gateway.errors import (
     GatewayError,
     NotFound,
     error_response,
+    openai_error_response,
 )
 from gateway.http import parse_json, read_body
 from gateway.request_id import request_id_of
 from gateway.runtime import Gateway
 from gateway.serving.manager import Lease, ManagedServer
-from gateway.upstream_errors import to_openai_error
+from gateway.upstream_errors import openai_status, to_openai_error
 from gateway.usage import USAGE_MODEL_CHARS, RequestTap, tokens_in
 
 log = logging.getLogger("mlx_manager.proxy")
@@ -74,6 +76,23 @@ _DROP_REQUEST = frozenset(
         "expect",
     }
 )
+# Where OpenAI clients land when their base URL lacks the /v1 (http://host:8080 instead of
+# http://host:8080/v1): each gets a 404 that says so instead of the admin page's 404.
+MISTYPED = (
+    "/chat/completions",
+    "/completions",
+    "/embeddings",
+    "/responses",
+    "/audio/transcriptions",
+    "/audio/translations",
+    "/audio/speech",
+    "/images/generations",
+    "/images/edits",
+    "/moderations",
+    "/models",
+    "/models/{model_id:path}",
+)
+_ANY_METHOD = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE"]
 _KEEP_RESPONSE = frozenset({"content-type", "content-encoding", "cache-control", "retry-after"})
 _STREAM_HEADERS = [(b"cache-control", b"no-cache"), (b"x-accel-buffering", b"no")]
 
@@ -84,6 +103,17 @@ T = TypeVar("T")
 
 class ModelNotFound(NotFound):
     code = "model_not_found"
+
+
+class UnsupportedEndpoint(NotFound):
+    code = "unsupported_endpoint"
+
+
+# The POST endpoints each server declares (its OpenAPI document), read at most once per start:
+# server -> (the process it was read from, the endpoints, or None when it has no such document).
+_DECLARED: weakref.WeakKeyDictionary[ManagedServer, tuple[object, frozenset[str] | None]] = (
+    weakref.WeakKeyDictionary()
+)
 
 
 def _gateway(scope: Scope) -> Gateway:
@@ -344,7 +374,7 @@ async def _forward(gateway: Gateway, scope: Scope, send: Send, lease: Lease, bod
             finally:
                 gateway.metrics.open_streams.dec()
         else:
-            await _relay_body(upstream, send, lease.server)
+            await _relay_body(gateway, scope, upstream, send, lease.server)
     except (aiohttp.ClientConnectionError, aiohttp.ClientPayloadError) as exc:
         log.warning(
             "%s: upstream failed after %.1f s: %s",
@@ -373,19 +403,81 @@ async def _relay_stream(upstream: aiohttp.ClientResponse, send: Send) -> None:
     await send({"type": "http.response.body", "body": b"", "more_body": False})
 
 
-async def _relay_body(upstream: aiohttp.ClientResponse, send: Send, server: ManagedServer) -> None:
+async def _relay_body(
+    gateway: Gateway,
+    scope: Scope,
+    upstream: aiohttp.ClientResponse,
+    send: Send,
+    server: ManagedServer,
+) -> None:
     try:
         data = await upstream.read()
     except (aiohttp.ClientConnectionError, aiohttp.ClientPayloadError) as exc:
         raise _unreachable(server, exc) from exc
-    if upstream.status >= 400:
-        data = json.dumps(to_openai_error(upstream.status, data)).encode()
+    status = upstream.status
+    if status == 404:
+        await _check_endpoint(gateway, server, scope["path"])
+    if status >= 400:
+        data = json.dumps(to_openai_error(status, data)).encode()
+        status = openai_status(status)
         headers = [(b"content-type", b"application/json")]
     else:
         headers = _response_headers(upstream)
     headers.append((b"content-length", str(len(data)).encode()))
-    await send({"type": "http.response.start", "status": upstream.status, "headers": headers})
+    await send({"type": "http.response.start", "status": status, "headers": headers})
     await send({"type": "http.response.body", "body": data, "more_body": False})
+
+
+async def _check_endpoint(gateway: Gateway, server: ManagedServer, path: str) -> None:
+    """After a 404: if the server declares its endpoints and `path` is not one, say so.
+
+    mlx-openai-server, for one, has no /v1/completions; its bare `Not Found` would read as a
+    wrong model or URL. Asked only after a 404, so requests that work cost nothing.
+    """
+    declared = await _declared_endpoints(gateway, server)
+    if declared is None or path in declared:
+        return
+    offered = sorted(declared.intersection(ENDPOINTS))
+    raise UnsupportedEndpoint(
+        f"the model server of '{server.name}' has no POST {path}; it serves "
+        + (", ".join(offered) if offered else "none of the /v1 endpoints this gateway relays")
+        + (" (for text generation, use /v1/chat/completions)" if path == "/v1/completions" else "")
+    )
+
+
+async def _declared_endpoints(gateway: Gateway, server: ManagedServer) -> frozenset[str] | None:
+    process = server.process
+    cached = _DECLARED.get(server)
+    if cached is not None and cached[0] is process:
+        return cached[1]
+    declared = await _read_openapi(gateway, server)
+    if server.process is process:
+        _DECLARED[server] = (process, declared)
+    return declared
+
+
+async def _read_openapi(gateway: Gateway, server: ManagedServer) -> frozenset[str] | None:
+    """The POST paths of the server's OpenAPI document (FastAPI serves one), else None."""
+    if server.port is None:
+        return None
+    url = f"http://127.0.0.1:{server.port}/openapi.json"
+    timeout = aiohttp.ClientTimeout(total=gateway.settings.endpoint_probe_timeout)
+    try:
+        async with gateway.http.get(url, timeout=timeout) as response:
+            if response.status != 200:
+                return None
+            document = json.loads(await response.read())
+    except (aiohttp.ClientError, TimeoutError, ValueError, RecursionError) as exc:
+        log.info("%s: could not read %s: %s", server.name, url, exc)
+        return None
+    paths = document.get("paths") if isinstance(document, dict) else None
+    if not isinstance(paths, dict):
+        return None
+    return frozenset(
+        path
+        for path, methods in paths.items()
+        if isinstance(path, str) and isinstance(methods, dict) and "post" in methods
+    )
 
 
 def _response_headers(upstream: aiohttp.ClientResponse) -> list[tuple[bytes, bytes]]:
@@ -435,10 +527,29 @@ async def get_model(request: Request) -> Response:
     return JSONResponse(_model_entry(server, model_id))
 
 
+async def wrong_base_url(request: Request) -> Response:
+    """404 for an OpenAI path outside /v1 (or under /v1/v1), naming the base URL to use."""
+    path = request.url.path
+    if path.startswith("/v1/v1/"):
+        right = path.removeprefix("/v1")
+        problem = "the base URL ends in /v1 twice"
+    else:
+        right = "/v1" + path
+        problem = "the base URL lacks /v1"
+    message = (
+        f"{request.method} {path} is not an endpoint of this gateway: {problem}. "
+        f"Set the client's base URL to end in a single /v1 (http://<host>:<port>/v1), so this "
+        f"request goes to {right}"
+    )
+    return openai_error_response(404, message, code="wrong_base_url")
+
+
 def routes() -> list[Route]:
     endpoint = ProxyEndpoint()
     return [
         Route("/v1/models", list_models, methods=["GET"]),
         Route("/v1/models/{model_id:path}", get_model, methods=["GET"]),
         *(Route(path, endpoint, methods=["POST"]) for path in ENDPOINTS),
+        Route("/v1/v1/{rest:path}", wrong_base_url, methods=_ANY_METHOD),
+        *(Route(path, wrong_base_url, methods=_ANY_METHOD) for path in MISTYPED),
     ]

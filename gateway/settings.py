@@ -81,6 +81,8 @@ class Settings(BaseSettings):
     max_admin_body_bytes: Annotated[int, Field(ge=1024, le=100 * 1024 * 1024)] = 1024 * 1024
     # Longest `model` a /v1 request may name (UTF-8 bytes); profile names are at most 200.
     max_model_name_bytes: Annotated[int, Field(ge=200, le=4096)] = 256
+    # Seconds to read a model server's /openapi.json (asked after a 404: is it the endpoint?).
+    endpoint_probe_timeout: Annotated[float, Field(gt=0, le=600)] = 5
     metrics_public: bool = False
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     log_json: bool = False

@@ -12,10 +12,16 @@ from typing import Any
 from gateway.errors import default_error_type, openai_error_body
 
 
+def openai_status(status: int) -> int:
+    """The status OpenAI would answer: FastAPI's 422 for a request that fails validation is
+    OpenAI's 400, which SDKs raise as BadRequestError (422 has no meaning to them)."""
+    return 400 if status == 422 else status
+
+
 def to_openai_error(status: int, body: bytes) -> dict[str, Any]:
     try:
         data = json.loads(body) if body else None
-    except (json.JSONDecodeError, UnicodeDecodeError):
+    except (ValueError, RecursionError):  # not JSON, not UTF-8, too deep, too long a number
         data = None
     detail = data.get("detail") if isinstance(data, dict) else None
     if isinstance(detail, dict) and isinstance(detail.get("error"), dict):
@@ -29,7 +35,8 @@ def to_openai_error(status: int, body: bytes) -> dict[str, Any]:
             _string_or_none(error.get("param")),
         )
     message = _message(data, body, status)
-    return openai_error_body(message, default_error_type(status), _code(status))
+    param = _first_field(data) if status == 422 else None
+    return openai_error_body(message, default_error_type(status), _code(status), param)
 
 
 def _string_or_none(value: Any) -> str | None:
@@ -49,6 +56,15 @@ def _message(data: Any, body: bytes, status: int) -> str:
     if text and len(text) <= 2000:
         return f"model server answered {status}: {text}"
     return f"model server answered {status}"
+
+
+def _first_field(data: Any) -> str | None:
+    """The field the first validation error is about (`messages.0.content`), for `param`."""
+    detail = data.get("detail") if isinstance(data, dict) else None
+    if not isinstance(detail, list) or not detail or not isinstance(detail[0], dict):
+        return None
+    loc = [str(part) for part in detail[0].get("loc", []) if part != "body"]
+    return ".".join(loc) or None
 
 
 def _describe(item: Any) -> str:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import uuid
 from collections.abc import AsyncIterator
 
+import openai
 import pytest
 import pytest_asyncio
 from prometheus_client.parser import text_string_to_metric_families
@@ -20,12 +21,18 @@ pytestmark = pytest.mark.asyncio(loop_scope="module")
 
 MODEL = "harden-model"
 ALIAS = "harden-alias"
+CHAT_ONLY = "harden-chat-only"  # a server without /v1/completions, like mlx-openai-server
+ECHO = "harden-echo"
 
 
 @pytest_asyncio.fixture(scope="module", loop_scope="module")
 async def env(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Env]:
     async with gateway_env(tmp_path_factory.mktemp("harden")) as env:
         await env.add_stub(MODEL, "--chunks", "2", aliases=[ALIAS])
+        await env.add_stub(
+            CHAT_ONLY, "--without", "/v1/completions", "--without", "/v1/images/edits"
+        )
+        await env.add_echo(ECHO)
         yield env
 
 
@@ -128,3 +135,77 @@ async def test_usage_rows_keep_the_requested_name_once_it_is_bounded(env: Env) -
     )
     assert response.status_code == 200, response.text
     assert (await env.usage_row(request_id)).model == ALIAS
+
+
+# ---- backend errors in OpenAI's statuses, endpoints a server lacks, wrong base URLs (must-fix 7)
+
+
+async def test_a_backend_422_reaches_a_streaming_client_as_400_with_its_message(env: Env) -> None:
+    response = await env.post("/v1/chat/completions", {"model": MODEL, "stream": True})
+    error = assert_openai_error(response, 400, "invalid_value", "invalid_request_error")
+    assert error["message"] == "messages: Field required"
+    assert error["param"] == "messages"
+
+
+async def test_completions_on_a_server_without_it_is_404_unsupported_endpoint(env: Env) -> None:
+    for _ in range(2):  # the second answer comes from what the first one learnt
+        response = await env.post("/v1/completions", {"model": CHAT_ONLY, "prompt": "once"})
+        error = assert_openai_error(response, 404, "unsupported_endpoint", "invalid_request_error")
+        message = error["message"]
+        assert CHAT_ONLY in message
+        assert "has no POST /v1/completions" in message
+        offered = message.split("it serves ", 1)[1]
+        assert "/v1/chat/completions" in offered
+        assert "/v1/embeddings" in offered
+        assert "/v1/completions," not in offered
+        assert "/v1/images/edits" not in offered
+    # What it does serve still works, and the SDK raises NotFoundError with the code.
+    assert (await env.chat(CHAT_ONLY)).status_code == 200
+    async with env.openai((await env.new_key()).secret) as client:
+        with pytest.raises(openai.NotFoundError) as caught:
+            await client.completions.create(model=CHAT_ONLY, prompt="once")
+    assert caught.value.code == "unsupported_endpoint"
+
+
+async def test_a_404_from_a_server_without_an_openapi_document_is_relayed(env: Env) -> None:
+    body = b'{"detail": "no such thing"}'
+    response = await env.post(
+        "/v1/completions",
+        {"model": ECHO, "prompt": "x"},
+        headers={"x-echo-status": "404", "x-echo-body": body.decode()},
+    )
+    error = assert_openai_error(response, 404, "not_found")
+    assert error["message"] == "no such thing"
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "right"),
+    [
+        ("POST", "/chat/completions", "/v1/chat/completions"),
+        ("POST", "/completions", "/v1/completions"),
+        ("POST", "/embeddings", "/v1/embeddings"),
+        ("POST", "/responses", "/v1/responses"),
+        ("POST", "/audio/transcriptions", "/v1/audio/transcriptions"),
+        ("GET", "/models", "/v1/models"),
+        ("GET", "/models/org/name", "/v1/models/org/name"),
+        ("POST", "/v1/v1/chat/completions", "/v1/chat/completions"),
+        ("GET", "/v1/v1/models", "/v1/models"),
+    ],
+)
+async def test_openai_paths_outside_v1_say_to_use_v1(
+    env: Env, method: str, path: str, right: str
+) -> None:
+    response = await env.http.request(method, path, json={"model": MODEL})
+    error = assert_openai_error(response, 404, "wrong_base_url", "invalid_request_error")
+    assert f"goes to {right}" in error["message"]
+    assert "/v1" in error["message"]
+
+
+async def test_an_sdk_without_v1_in_its_base_url_gets_wrong_base_url(env: Env) -> None:
+    key = await env.new_key()
+    async with openai.AsyncOpenAI(base_url=env.url, api_key=key.secret, max_retries=0) as client:
+        with pytest.raises(openai.NotFoundError) as caught:
+            await client.chat.completions.create(
+                model=MODEL, messages=[{"role": "user", "content": "hi"}]
+            )
+    assert caught.value.code == "wrong_base_url"

@@ -273,15 +273,17 @@ async def test_upstream_500_detail_comes_back_in_openai_shape(env: Env):
 
 
 @pytest.mark.asyncio(loop_scope="module")
-async def test_upstream_422_validation_list_comes_back_in_openai_shape(env: Env):
+async def test_upstream_422_validation_list_comes_back_as_openai_400(env: Env):
+    # FastAPI's 422 is OpenAI's 400: SDKs raise BadRequestError, the message is kept.
     response = await env.post("/v1/chat/completions", {"model": MODEL, "temperature": 0.1})
-    error = assert_openai_error(response, 422, "invalid_value", "invalid_request_error")
+    error = assert_openai_error(response, 400, "invalid_value", "invalid_request_error")
     assert error["message"] == "messages: Field required"
+    assert error["param"] == "messages"
     wrong_type = await env.post("/v1/chat/completions", {"model": MODEL, "messages": "hi"})
-    error = assert_openai_error(wrong_type, 422, "invalid_value", "invalid_request_error")
+    error = assert_openai_error(wrong_type, 400, "invalid_value", "invalid_request_error")
     assert error["message"] == "messages: Input should be a valid list"
     async with env.openai((await env.new_key()).secret) as client:
-        with pytest.raises(openai.UnprocessableEntityError, match="messages: Input should be"):
+        with pytest.raises(openai.BadRequestError, match="messages: Input should be"):
             await client.chat.completions.create(
                 model=MODEL, messages=[], extra_body={"messages": None}
             )

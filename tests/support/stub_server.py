@@ -108,6 +108,7 @@ class StubConfig:
     events: str | None = None
     memory_mb: int = 0
     quiet: bool = False
+    without: tuple[str, ...] = ()
 
 
 def _non_negative_float(text: str) -> float:
@@ -186,6 +187,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="allocate and touch N MiB at start so the RSS is real",
     )
     p.add_argument("--quiet", action="store_true", help="do not log each request to stdout")
+    p.add_argument(
+        "--without",
+        action="append",
+        default=[],
+        metavar="PATH",
+        help="serve no route at PATH (404 like FastAPI, and left out of /openapi.json)",
+    )
     return p
 
 
@@ -205,6 +213,7 @@ def parse_args(argv: Sequence[str] | None = None) -> StubConfig:
         events=ns.events,
         memory_mb=ns.memory_mb,
         quiet=ns.quiet,
+        without=tuple(ns.without),
     )
 
 
@@ -374,6 +383,18 @@ class StubServer:
             web.post("/v1/images/generations", self.image_generations),
             web.post("/v1/images/edits", self.image_edits),
         ]
+        routes = [route for route in routes if route.path not in self.config.without]
+        # Like FastAPI's: the routes served, so a client can tell what this server offers.
+        openapi = {
+            "openapi": "3.1.0",
+            "info": {"title": "stub", "version": "1"},
+            "paths": {str(route.path): {route.method.lower(): {}} for route in routes},
+        }
+
+        async def openapi_json(request: web.Request) -> web.Response:
+            return web.json_response(openapi)
+
+        routes.append(web.get("/openapi.json", openapi_json))
         app.add_routes(routes)
         known = frozenset(str(route.path) for route in routes)
 
