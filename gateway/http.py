@@ -6,9 +6,15 @@ import json
 from typing import Any, TypeVar
 
 from pydantic import BaseModel, ValidationError
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 
-from gateway.errors import BadRequest, PayloadTooLarge, Unprocessable, UnsupportedMediaType
+from gateway.errors import (
+    BadRequest,
+    GatewayError,
+    PayloadTooLarge,
+    Unprocessable,
+    UnsupportedMediaType,
+)
 
 M = TypeVar("M", bound=BaseModel)
 ADMIN_BODY_LIMIT = 1024 * 1024  # MLX_MANAGER_MAX_ADMIN_BODY_BYTES' default
@@ -45,6 +51,19 @@ def require_media_type(request: Request, *allowed: str) -> str:
     return found
 
 
+class ClientGone(GatewayError):
+    """The client closed the connection before its body arrived.
+
+    Nobody is left to answer, so this is no server error: the answer goes nowhere, and the
+    status it carries (499, nginx's "client closed request") is what the access log and the
+    metrics record, as for a client that leaves while the model is working.
+    """
+
+    status_code = 499
+    error_type = "invalid_request_error"
+    code = "client_closed_request"
+
+
 async def read_body(request: Request, limit: int) -> bytes:
     """The whole body, refusing (413) before buffering more than `limit` bytes."""
     declared = request.headers.get("content-length")
@@ -52,11 +71,14 @@ async def read_body(request: Request, limit: int) -> bytes:
         raise PayloadTooLarge(f"request body is larger than the {limit} byte limit")
     chunks: list[bytes] = []
     size = 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            raise PayloadTooLarge(f"request body is larger than the {limit} byte limit")
-        chunks.append(chunk)
+    try:
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > limit:
+                raise PayloadTooLarge(f"request body is larger than the {limit} byte limit")
+            chunks.append(chunk)
+    except ClientDisconnect as exc:
+        raise ClientGone("the client closed the connection before sending its body") from exc
     return b"".join(chunks)
 
 
@@ -65,7 +87,9 @@ def parse_json(body: bytes) -> Any:
         raise BadRequest("request body is empty; send a JSON object")
     try:
         return json.loads(body)
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+    except RecursionError as exc:
+        raise BadRequest("request body is not valid JSON: nested too deeply") from exc
+    except ValueError as exc:  # bad syntax or UTF-8, or an integer of more than 4300 digits
         raise BadRequest(f"request body is not valid JSON: {exc}") from exc
 
 

@@ -29,8 +29,9 @@ FLUSH_SECONDS = 1.0
 MAX_BUFFER = 50_000  # beyond this (database down), the oldest records are dropped
 USAGE_MODEL_CHARS = 200  # the `usage.model` column's length
 
-_PROMPT = re.compile(rb'"(?:prompt_tokens|input_tokens)"\s*:\s*(\d+)')
-_COMPLETION = re.compile(rb'"(?:completion_tokens|output_tokens)"\s*:\s*(\d+)')
+# At most 15 digits: a longer number is no token count (and int() of 4300+ digits raises).
+_PROMPT = re.compile(rb'"(?:prompt_tokens|input_tokens)"\s*:\s*(\d{1,15})(?!\d)')
+_COMPLETION = re.compile(rb'"(?:completion_tokens|output_tokens)"\s*:\s*(\d{1,15})(?!\d)')
 
 
 def tokens_in(tail: bytes) -> tuple[int, int]:

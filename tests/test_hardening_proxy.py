@@ -7,15 +7,20 @@ the echo upstream as real subprocesses.
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import uuid
 from collections.abc import AsyncIterator
 
+import httpx
 import openai
 import pytest
 import pytest_asyncio
 from prometheus_client.parser import text_string_to_metric_families
 
+from gateway.usage import tokens_in
 from tests.support.env import Env, assert_openai_error, chat_body, gateway_env
+from tests.support.waiting import wait_until
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
 
@@ -209,3 +214,77 @@ async def test_an_sdk_without_v1_in_its_base_url_gets_wrong_base_url(env: Env) -
                 model=MODEL, messages=[{"role": "user", "content": "hi"}]
             )
     assert caught.value.code == "wrong_base_url"
+
+
+# ---- bodies that cannot be parsed or never arrive (should-fix) ---------------------------------
+
+
+async def post_raw(env: Env, path: str, body: bytes) -> httpx.Response:
+    """POST bytes as JSON without the harness's hooks (which parse what they send)."""
+    async with httpx.AsyncClient(base_url=env.url, timeout=60, trust_env=False) as http:
+        return await http.post(
+            path, content=body, headers={**env.auth, "content-type": "application/json"}
+        )
+
+
+@pytest.mark.parametrize("path", ["/v1/chat/completions", "/v1/embeddings", "/api/keys"])
+@pytest.mark.parametrize("depth", [100_000, 300_000], ids=["inline", "in-a-thread"])
+async def test_deeply_nested_json_is_400(env: Env, path: str, depth: int) -> None:
+    body = b'{"model": "%s", "name": "k", "x": ' % MODEL.encode()
+    body += b"[" * depth + b"]" * depth + b"}"
+    response = await post_raw(env, path, body)
+    assert response.status_code == 400, response.text[:500]
+    assert "nested too deeply" in response.text
+
+
+@pytest.mark.parametrize("path", ["/v1/chat/completions", "/api/keys"])
+async def test_an_integer_of_5000_digits_is_400(env: Env, path: str) -> None:
+    body = b'{"model": "%s", "name": "k", "n": %s}' % (MODEL.encode(), b"7" * 5000)
+    response = await post_raw(env, path, body)
+    assert response.status_code == 400, response.text[:500]
+    assert "not valid JSON" in response.text
+
+
+async def test_a_huge_token_count_from_a_server_is_ignored_not_an_error() -> None:
+    tail = b'{"usage": {"prompt_tokens": 12, "completion_tokens": ' + b"9" * 5000 + b"}}"
+    assert tokens_in(tail) == (12, 0)
+
+
+async def _send_half_a_body(env: Env, path: str) -> None:
+    """Headers that promise 1000 bytes, then 500 of them, then the connection closes."""
+    host, port = env.url.removeprefix("http://").split(":")
+    _reader, writer = await asyncio.open_connection(host, int(port))
+    head = (
+        f"POST {path} HTTP/1.1\r\nHost: {host}:{port}\r\n"
+        f"Authorization: Bearer {env.token}\r\nContent-Type: application/json\r\n"
+        "Content-Length: 1000\r\n\r\n"
+    )
+    writer.write(head.encode() + b'{"model": "' + b"x" * 489)
+    await writer.drain()
+    writer.close()
+    await writer.wait_closed()
+
+
+@pytest.mark.parametrize("path", ["/v1/chat/completions", "/api/keys"])
+async def test_a_client_leaving_mid_body_logs_no_error_and_counts_as_499(
+    env: Env, path: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    def access_499() -> list[logging.LogRecord]:
+        return [
+            r
+            for r in caplog.records
+            if r.name == "mlx_manager.access"
+            and getattr(r, "path", None) == path
+            and getattr(r, "status", None) == 499
+        ]
+
+    with caplog.at_level(logging.INFO):
+        await _send_half_a_body(env, path)
+        await wait_until(access_499, message=f"a 499 access line for {path}")
+        # A request sent after it is answered, so the gateway is done with the first one.
+        assert (await env.http.get("/health")).status_code == 200
+    errors = [r for r in caplog.records if r.levelno >= logging.ERROR or r.exc_info]
+    assert errors == [], [r.getMessage() for r in errors]
+    if path.startswith("/v1"):
+        text = await metrics_text(env)
+        assert 'endpoint="/v1/chat/completions",model="unknown",status="499"' in text
