@@ -21,6 +21,8 @@ from collections.abc import Callable
 from typing import Any, TypeVar
 
 import aiohttp
+from python_multipart.exceptions import MultipartParseError
+from python_multipart.multipart import MultipartParser, parse_options_header
 from starlette.datastructures import Headers
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
@@ -338,11 +340,102 @@ def _rewrite_alias(content_type: str, body: bytes, model: str, name: str) -> byt
     if model == name:
         return body
     if content_type.startswith("multipart/form-data"):
-        old = b'name="model"\r\n\r\n' + model.encode() + b"\r\n"
-        return body.replace(old, b'name="model"\r\n\r\n' + name.encode() + b"\r\n", 1)
+        return _rewrite_form_model(content_type, body, name)
     data = json.loads(body)
     data["model"] = name
     return json.dumps(data, ensure_ascii=False).encode()
+
+
+class _ModelFields:
+    """python-multipart callbacks noting where each `model` field's value lies in the body.
+
+    The parser hands data callbacks slices of the very buffer it was given, so a value that
+    arrives as slices of `body` is located exactly; anything else (a value the parser had to
+    hold back, which only a CR in it causes, and names are printable) is refused.
+    """
+
+    def __init__(self, body: bytes) -> None:
+        self.body = body
+        self.spans: list[tuple[int, int]] = []
+        self.located = True
+        self._headers: dict[bytes, bytes] = {}
+        self._field = b""
+        self._value = b""
+        self._in_model = False
+        self._span: tuple[int, int] | None = None
+
+    def callbacks(self) -> dict[str, Callable[..., None]]:
+        return {
+            "on_part_begin": self.part_begin,
+            "on_header_field": self.header_field,
+            "on_header_value": self.header_value,
+            "on_header_end": self.header_end,
+            "on_headers_finished": self.headers_finished,
+            "on_part_data": self.part_data,
+            "on_part_end": self.part_end,
+        }
+
+    def part_begin(self) -> None:
+        self._headers = {}
+        self._in_model = False
+        self._span = None
+
+    def header_field(self, data: bytes, start: int, end: int) -> None:
+        self._field += data[start:end]
+
+    def header_value(self, data: bytes, start: int, end: int) -> None:
+        self._value += data[start:end]
+
+    def header_end(self) -> None:
+        self._headers[self._field.strip().lower()] = self._value.strip()
+        self._field = self._value = b""
+
+    def headers_finished(self) -> None:
+        _, options = parse_options_header(self._headers.get(b"content-disposition", b""))
+        self._in_model = options.get(b"name") == b"model" and b"filename" not in options
+
+    def part_data(self, data: bytes, start: int, end: int) -> None:
+        if not self._in_model:
+            return
+        if data is not self.body or (self._span is not None and self._span[1] != start):
+            self.located = False
+        self._span = (start if self._span is None else self._span[0], end)
+
+    def part_end(self) -> None:
+        if self._in_model:
+            if self._span is None:
+                self.located = False
+            else:
+                self.spans.append(self._span)
+
+
+def _rewrite_form_model(content_type: str, body: bytes, name: str) -> bytes:
+    """The upload with each `model` field's value replaced by `name`; every other byte as sent.
+
+    Parts are found by parsing, as the model server will: replacing the first matching bytes
+    anywhere could edit an uploaded file that happens to contain them.
+    """
+    _, options = parse_options_header(content_type)
+    boundary = options.get(b"boundary")
+    fields = _ModelFields(body)
+    try:
+        if not boundary:
+            raise MultipartParseError("no boundary in the Content-Type")
+        parser = MultipartParser(boundary, fields.callbacks())  # type: ignore[arg-type]
+        parser.write(body)
+        parser.finalize()
+    except MultipartParseError as exc:
+        raise BadRequest(f"could not read the multipart form: {exc}") from exc
+    if not fields.located or not fields.spans:
+        raise BadRequest("could not find the multipart form's model field", param="model")
+    out = bytearray()
+    done = 0
+    for start, end in fields.spans:
+        out += body[done:start]
+        out += name.encode()
+        done = end
+    out += body[done:]
+    return bytes(out)
 
 
 def _upstream_headers(scope: Scope) -> dict[str, str]:

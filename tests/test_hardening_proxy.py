@@ -8,6 +8,7 @@ the echo upstream as real subprocesses.
 from __future__ import annotations
 
 import asyncio
+import base64
 import logging
 import uuid
 from collections.abc import AsyncIterator
@@ -28,6 +29,7 @@ MODEL = "harden-model"
 ALIAS = "harden-alias"
 CHAT_ONLY = "harden-chat-only"  # a server without /v1/completions, like mlx-openai-server
 ECHO = "harden-echo"
+ECHO_ALIAS = "harden-echo-alias"
 
 
 @pytest_asyncio.fixture(scope="module", loop_scope="module")
@@ -37,7 +39,7 @@ async def env(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Env]:
         await env.add_stub(
             CHAT_ONLY, "--without", "/v1/completions", "--without", "/v1/images/edits"
         )
-        await env.add_echo(ECHO)
+        await env.add_echo(ECHO, aliases=[ECHO_ALIAS])
         yield env
 
 
@@ -288,3 +290,59 @@ async def test_a_client_leaving_mid_body_logs_no_error_and_counts_as_499(
     if path.startswith("/v1"):
         text = await metrics_text(env)
         assert 'endpoint="/v1/chat/completions",model="unknown",status="499"' in text
+
+
+# ---- the multipart alias rewrite touches the model field only (should-fix) ---------------------
+
+BOUNDARY = "hardenb0undary"
+
+
+def form_part(name: str, value: bytes, filename: str | None = None) -> bytes:
+    disposition = f'form-data; name="{name}"' + (f'; filename="{filename}"' if filename else "")
+    head = f"--{BOUNDARY}\r\nContent-Disposition: {disposition}\r\n"
+    if filename:
+        head += "Content-Type: application/octet-stream\r\n"
+    return head.encode() + b"\r\n" + value + b"\r\n"
+
+
+def form(*parts: bytes) -> bytes:
+    return b"".join(parts) + f"--{BOUNDARY}--\r\n".encode()
+
+
+# A file whose bytes contain exactly what the old rewrite searched for: the model field of a
+# multipart body naming the alias.
+TRAP = (
+    b"RIFF\x00\x01"
+    + b'Content-Disposition: form-data; name="model"\r\n\r\n'
+    + ECHO_ALIAS.encode()
+    + b"\r\n"
+    + ECHO_ALIAS.encode()
+    + bytes(range(256))
+)
+
+
+@pytest.mark.parametrize("file_first", [True, False], ids=["file-first", "model-first"])
+async def test_multipart_alias_rewrite_leaves_an_uploaded_file_byte_identical(
+    env: Env, file_first: bool
+) -> None:
+    file_part = form_part("file", TRAP, filename="trap.wav")
+    fields = [form_part("language", b"fr")]
+
+    def body(model: str) -> bytes:
+        model_part = form_part("model", model.encode())
+        ordered = [file_part, *fields, model_part] if file_first else [model_part, file_part]
+        return form(*ordered)
+
+    request_id = rid()
+    response = await env.http.post(
+        "/v1/audio/transcriptions",
+        content=body(ECHO_ALIAS),
+        headers={
+            **env.auth,
+            "content-type": f"multipart/form-data; boundary={BOUNDARY}",
+            "x-request-id": request_id,
+        },
+    )
+    assert response.status_code == 200, response.text
+    [event] = env.events(ECHO, "request", request_id=request_id)
+    assert base64.b64decode(event["body_b64"]) == body(ECHO)
