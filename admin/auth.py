@@ -9,7 +9,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from admin.schemas import Credentials, public_user
+from admin.schemas import Credentials, user_json
 from gateway.auth import require_user
 from gateway.errors import BadRequest, Forbidden, ServiceUnavailable, Unauthorized, Unprocessable
 from gateway.http import (
@@ -50,7 +50,7 @@ async def register(request: Request) -> Response:
                 code="too_many_pending_users",
             )
         user = await register_user(session, credentials.email, credentials.password)
-    body = public_user(user)
+    body = user_json(user)
     if user.status == "pending":
         body["message"] = "account created; an admin must approve it before you can sign in"
     return JSONResponse(body, status_code=201)
@@ -95,7 +95,7 @@ async def me(request: Request) -> Response:
         user = await get_user(session, principal.user_id)
     if user is None:
         raise Unauthorized("this account no longer exists")
-    body = public_user(user)
+    body = user_json(user)
     body["api_key_id"] = principal.key_id
     return JSONResponse(body)
 

@@ -6,7 +6,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from admin.schemas import KeyCreate, public_key
+from admin.schemas import KeyCreate, key_json
 from gateway import store
 from gateway.auth import authenticator_of, require_user
 from gateway.errors import Forbidden, NotFound
@@ -27,7 +27,7 @@ async def create_key(request: Request) -> Response:
             models=body.models,
             expires_in_days=body.expires_in_days,
         )
-    return JSONResponse({**public_key(key), "key": secret}, status_code=201)
+    return JSONResponse({**key_json(key), "key": secret}, status_code=201)
 
 
 async def list_keys(request: Request) -> Response:
@@ -37,7 +37,7 @@ async def list_keys(request: Request) -> Response:
     owner = None if principal.is_admin else principal.user_id
     async with gateway_of(request).sessions() as session:
         rows = await store.keys.list_keys(session, user_id=owner)
-    return JSONResponse([{**public_key(key), "user_email": user.email} for key, user in rows])
+    return JSONResponse([{**key_json(key), "user_email": user.email} for key, user in rows])
 
 
 async def delete_key(request: Request) -> Response:

@@ -84,7 +84,7 @@ async def list_local(request: Request) -> Response:
     manager = manager_of(request)
     downloading = manager.unfinished_models()
     return JSONResponse(
-        [_with_state(m.summary(), m, downloading) for m in await manager.catalog.models()]
+        [_with_state(m.to_json(), m, downloading) for m in await manager.catalog.models()]
     )
 
 
@@ -92,7 +92,7 @@ async def get_local(request: Request) -> Response:
     await require_user(request)
     manager = manager_of(request)
     model = await _local_model(request)
-    return JSONResponse(_with_state(model.detail(), model, manager.unfinished_models()))
+    return JSONResponse(_with_state(model.to_json(detail=True), model, manager.unfinished_models()))
 
 
 async def delete_local(request: Request) -> Response:

@@ -39,7 +39,7 @@ class KeyCreate(Strict):
     expires_in_days: int | None = Field(default=None, ge=1, le=3650)
 
 
-def public_user(user: User) -> dict[str, object]:
+def user_json(user: User) -> dict[str, object]:
     return {
         "id": user.id,
         "email": user.email,
@@ -50,7 +50,7 @@ def public_user(user: User) -> dict[str, object]:
     }
 
 
-def public_key(key: ApiKey) -> dict[str, object]:
+def key_json(key: ApiKey) -> dict[str, object]:
     return {
         "id": key.id,
         "user_id": key.user_id,

@@ -7,7 +7,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from admin.schemas import PasswordReset, UserPatch, public_user
+from admin.schemas import PasswordReset, UserPatch, user_json
 from gateway import store
 from gateway.auth import authenticator_of, require_admin
 from gateway.errors import NotFound
@@ -20,7 +20,7 @@ async def list_users(request: Request) -> Response:
     await require_admin(request)
     async with gateway_of(request).sessions() as session:
         users = await store.users.list_users(session)
-    return JSONResponse([public_user(u) for u in users])
+    return JSONResponse([user_json(u) for u in users])
 
 
 async def patch_user(request: Request) -> Response:
@@ -30,7 +30,7 @@ async def patch_user(request: Request) -> Response:
         user = await _get_user(session, request)
         await store.users.update_user(session, user, status=patch.status, is_admin=patch.is_admin)
     _forget(request, user)
-    return JSONResponse(public_user(user))
+    return JSONResponse(user_json(user))
 
 
 async def remove_user(request: Request) -> Response:
@@ -49,7 +49,7 @@ async def reset_password(request: Request) -> Response:
         user = await _get_user(session, request)
         await store.users.set_password(session, user, body.password)
     _forget(request, user)
-    return JSONResponse(public_user(user))
+    return JSONResponse(user_json(user))
 
 
 async def _get_user(session: AsyncSession, request: Request) -> User:

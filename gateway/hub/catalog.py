@@ -48,10 +48,12 @@ class LocalModel:
     def complete(self) -> bool:
         return self.snapshot is not None
 
-    def summary(self) -> dict[str, Any]:
+    def to_json(self, *, detail: bool = False) -> dict[str, Any]:
+        """The model as `/api/models/local` lists it; `detail` adds every revision's files
+        (what `/api/models/local/{id}` answers)."""
         chars = self.characteristics
         preferred = next((r for r in self.revisions if r.path == self.snapshot), None)
-        return {
+        data: dict[str, Any] = {
             "id": self.repo_id,
             "size_bytes": self.size_bytes,
             "complete": self.complete,
@@ -64,9 +66,8 @@ class LocalModel:
             "characteristics": chars.to_json() if chars else None,
             "suggested_profile": suggested_profile(chars).fields() if chars else None,
         }
-
-    def detail(self) -> dict[str, Any]:
-        data = self.summary()
+        if not detail:
+            return data
         data["cache_path"] = str(self.path)
         data["revisions"] = [
             {

@@ -108,7 +108,8 @@ class _Subscriber:
         self.ready.set()
 
 
-def view_of(record: Download, active: _Active | None = None) -> dict[str, Any]:
+def download_json(record: Download, active: _Active | None = None) -> dict[str, Any]:
+    """A download as the API shows it: its row, plus rate and ETA while it transfers."""
     total = record.bytes_total
     return {
         "id": record.id,
@@ -225,7 +226,7 @@ class DownloadManager:
         revision = (revision or DEFAULT_REVISION).strip() or DEFAULT_REVISION
         existing = self._find_unfinished(model_id, revision)
         if existing is not None:
-            return view_of(existing.record, existing), False
+            return download_json(existing.record, existing), False
         key = (model_id.lower(), revision)
         planning = self._planning.get(key)
         if planning is not None:
@@ -251,7 +252,7 @@ class DownloadManager:
         plan = await call_hub(plan_download, model_id, revision, repo_id=model_id)
         existing = self._find_unfinished(plan.repo_id, plan.commit)
         if existing is not None:  # e.g. "main" and its sha: the same files
-            return view_of(existing.record, existing), False
+            return download_json(existing.record, existing), False
         await asyncio.to_thread(check_free_space, plan, self.cache, self._free_bytes)
         record = Download(
             model_id=plan.repo_id,
@@ -268,7 +269,7 @@ class DownloadManager:
         active = _Active(record=record)
         self._launch(active, plan)
         self._publish(active)
-        return view_of(record, active), True
+        return download_json(record, active), True
 
     async def cancel(self, download_id: int) -> dict[str, Any]:
         active = self._active.get(download_id)
@@ -278,7 +279,7 @@ class DownloadManager:
                 active.cancel_requested = True
                 active.task.cancel()
             await asyncio.gather(active.task, return_exceptions=True)
-            return view_of(active.record)
+            return download_json(active.record)
         record = await self._load(download_id)
         if record.status == "completed":
             raise Conflict(
@@ -294,13 +295,13 @@ class DownloadManager:
             self._finish(record, "cancelled", "cancelled by request")
             await self._save(record)
             self._publish_record(record)
-        return view_of(record)
+        return download_json(record)
 
     async def get(self, download_id: int) -> dict[str, Any]:
         active = self._active.get(download_id)
         if active is not None:
-            return view_of(active.record, active)
-        return view_of(await self._load(download_id))
+            return download_json(active.record, active)
+        return download_json(await self._load(download_id))
 
     async def views(self) -> list[dict[str, Any]]:
         async with self._sessions() as session:
@@ -308,7 +309,7 @@ class DownloadManager:
         views = []
         for row in rows:
             active = self._active.get(row.id) if row.id is not None else None
-            views.append(view_of(active.record, active) if active else view_of(row))
+            views.append(download_json(active.record, active) if active else download_json(row))
         return views
 
     def unfinished_models(self) -> set[str]:
@@ -320,7 +321,7 @@ class DownloadManager:
         None after `keepalive` seconds without one (so a stream can prove it is alive)."""
         subscriber = _Subscriber()
         for active in self._active.values():
-            subscriber.push(view_of(active.record, active))
+            subscriber.push(download_json(active.record, active))
         self._subscribers.add(subscriber)
         try:
             while True:
@@ -518,11 +519,11 @@ class DownloadManager:
         return self._client
 
     def _publish(self, active: _Active) -> None:
-        view = view_of(active.record, active)
+        view = download_json(active.record, active)
         for subscriber in self._subscribers:
             subscriber.push(view)
 
     def _publish_record(self, record: Download) -> None:
-        view = view_of(record)
+        view = download_json(record)
         for subscriber in self._subscribers:
             subscriber.push(view)
