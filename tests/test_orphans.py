@@ -215,6 +215,7 @@ async def test_a_recorded_pid_with_another_start_time_is_not_killed(tmp_path, cl
     assert _running_instances(settings.home) == []
     unrelated.kill()
     unrelated.wait()
+    orphan.wait(timeout=10)  # killed by the gateway; reaped here (no ResourceWarning)
 
 
 async def test_killing_a_recorded_process_does_not_wait_out_the_grace_for_a_zombie(
@@ -259,6 +260,8 @@ async def test_killing_a_recorded_process_does_not_wait_out_the_grace_for_a_zomb
     finally:
         parent.kill()
         parent.wait()
+        if parent.stdout is not None:
+            parent.stdout.close()
 
 
 # ---- helpers ----------------------------------------------------------------------------------

@@ -61,9 +61,10 @@ def find_repo_folder(cache: Path, repo_id: str) -> Path | None:
         return exact
     wanted = repo_folder_name(repo_id).lower()
     try:
-        for entry in os.scandir(cache):
-            if entry.name.lower() == wanted and entry.is_dir():
-                return Path(entry.path)
+        with os.scandir(cache) as entries:  # closed also when returning early
+            for entry in entries:
+                if entry.name.lower() == wanted and entry.is_dir():
+                    return Path(entry.path)
     except OSError:
         return None
     return None

@@ -62,34 +62,34 @@ async def test_a_pulled_model_is_served_by_a_jit_profile(tmp_path: Path, cache: 
         assert REPO in [m["id"] for m in local.json()]
         assert (await http.get("/api/profiles", headers=bearer(token))).json() == []
 
-        client = openai.AsyncOpenAI(
+        async with openai.AsyncOpenAI(
             base_url=gateway.url + "/v1", api_key=token, max_retries=0, timeout=180
-        )
-        reply = await client.chat.completions.create(
-            model=REPO, messages=[{"role": "user", "content": "hello"}], max_tokens=4
-        )
-        # A random-weight model may well say nothing; that the server answered is the point.
-        assert reply.choices[0].finish_reason in ("stop", "length")
-        assert reply.usage is not None
-        assert reply.usage.prompt_tokens > 0
+        ) as client:
+            reply = await client.chat.completions.create(
+                model=REPO, messages=[{"role": "user", "content": "hello"}], max_tokens=4
+            )
+            # A random-weight model may well say nothing; that the server answered is the point.
+            assert reply.choices[0].finish_reason in ("stop", "length")
+            assert reply.usage is not None
+            assert reply.usage.prompt_tokens > 0
 
-        # Another spelling reaches the same profile and server (no copy per capitalisation).
-        again = await client.chat.completions.create(
-            model=REPO.lower(), messages=[{"role": "user", "content": "again"}], max_tokens=2
-        )
-        assert again.choices
-        profiles = (await http.get("/api/profiles", headers=bearer(token))).json()
-        assert [(p["name"], p["model_path"], p["model_type"]) for p in profiles] == [
-            (REPO, REPO, "lm")
-        ]
-        # A name that is not in the cache is still unknown, with no profile made for it.
-        missing = await http.post(
-            "/v1/chat/completions",
-            json={"model": "mlx-community/not-pulled", "messages": []},
-            headers=bearer(token),
-        )
-        assert missing.status_code == 404
-        assert missing.json()["error"]["code"] == "model_not_found"
+            # Another spelling reaches the same profile and server (no copy per capitalisation).
+            again = await client.chat.completions.create(
+                model=REPO.lower(), messages=[{"role": "user", "content": "again"}], max_tokens=2
+            )
+            assert again.choices
+            profiles = (await http.get("/api/profiles", headers=bearer(token))).json()
+            assert [(p["name"], p["model_path"], p["model_type"]) for p in profiles] == [
+                (REPO, REPO, "lm")
+            ]
+            # A name that is not in the cache is still unknown, with no profile made for it.
+            missing = await http.post(
+                "/v1/chat/completions",
+                json={"model": "mlx-community/not-pulled", "messages": []},
+                headers=bearer(token),
+            )
+            assert missing.status_code == 404
+            assert missing.json()["error"]["code"] == "model_not_found"
 
 
 async def test_jit_profiles_can_be_turned_off(tmp_path: Path, cache: Path) -> None:

@@ -8,7 +8,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import httpx
@@ -20,6 +19,7 @@ from gateway.cli import app
 from tests.conftest import bearer
 from tests.support.hub_emulator import EmulatorProcess
 from tests.support.hub_fixtures import BIG, GATED, TINY, repo_file_hashes
+from tests.support.waiting import wait_until_sync
 
 ROOT = Path(__file__).resolve().parents[2]
 CLI = [sys.executable, "-m", "gateway", "model"]
@@ -110,13 +110,20 @@ def test_ctrl_c_keeps_partial_files_and_the_next_pull_resumes(
         stderr=subprocess.PIPE,
         text=True,
     )
-    deadline = time.monotonic() + 20
-    while max((p.stat().st_size for p in cache_dir.rglob("*.incomplete")), default=0) < 400_000:
+
+    def partly_downloaded() -> bool:
         assert process.poll() is None, process.communicate()
-        assert time.monotonic() < deadline
-        time.sleep(0.05)
-    process.send_signal(signal.SIGINT)
-    _out, err = process.communicate(timeout=20)
+        sizes = (p.stat().st_size for p in cache_dir.rglob("*.incomplete"))
+        return max(sizes, default=0) >= 400_000
+
+    with process:  # its pipes closed and the process reaped, also when an assertion fails
+        try:
+            wait_until_sync(partly_downloaded, timeout=60, message="400 kB of a partial file")
+            process.send_signal(signal.SIGINT)
+            _out, err = process.communicate(timeout=20)
+        finally:
+            if process.poll() is None:
+                process.kill()
     assert process.returncode == 130, err
     assert f"run `mlx-manager model pull {BIG}` again to resume" in " ".join(err.split())
     kept = {

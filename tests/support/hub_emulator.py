@@ -615,6 +615,7 @@ class EmulatorProcess:
         if self.process.poll() is None:
             self.process.kill()
         self.process.wait(timeout=10)
+        self._close_pipe()
 
     def stop(self) -> None:
         if self.process.poll() is None:
@@ -624,6 +625,12 @@ class EmulatorProcess:
             except subprocess.TimeoutExpired:
                 self.process.kill()
                 self.process.wait(timeout=5)
+        self._close_pipe()
+
+    def _close_pipe(self) -> None:
+        """The READY line's pipe: left open, it is a ResourceWarning when collected."""
+        if self.process.stdout is not None:
+            self.process.stdout.close()
 
 
 def start_emulator(
@@ -656,6 +663,8 @@ def start_emulator(
     line = process.stdout.readline()
     if not line.startswith("READY "):
         process.kill()
+        process.wait(timeout=10)
+        process.stdout.close()
         raise RuntimeError(f"hub emulator did not start: {line!r}")
     return EmulatorProcess(process=process, url=line.split()[1], log_path=log_path)
 
