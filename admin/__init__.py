@@ -2,11 +2,17 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from typing import Any
+
 from admin import auth, downloads, keys, models, profiles, servers, system, ui, usage, users
+from admin.state import AdminState
 from gateway.app import ControlPlane
 
 
-def control_plane() -> ControlPlane:
+def control_plane(download_options: Mapping[str, Any] | None = None) -> ControlPlane:
+    """The `/api` routes and their one `AdminState` (`download_options`: see `AdminState`)."""
+    state = AdminState(download_options)
     return ControlPlane(
         routes=[
             *auth.routes,
@@ -20,6 +26,7 @@ def control_plane() -> ControlPlane:
             *system.routes,
             *ui.routes,
         ],
-        on_open=[downloads.open_downloads],
-        on_close=[downloads.close_downloads],
+        on_open=[state.open],
+        on_close=[state.close],
+        state=state,
     )

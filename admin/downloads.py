@@ -1,34 +1,29 @@
 """`/api/downloads`: start, follow and cancel model downloads into the local HF cache.
 
-The `DownloadManager` lives as long as the gateway: `on_open` creates it (and resumes what a
-stopped gateway left unfinished), `on_close` stops its transfers. It is kept in `_MANAGERS`,
-keyed by the gateway object's id, because the hooks receive the gateway and the routes reach
-the same gateway through the request; several apps in one process (tests) never share one.
+The `DownloadManager` belongs to the app's `AdminState` (admin/state.py), which creates it when
+the gateway opens (resuming what a stopped gateway left unfinished) and stops its transfers when
+the gateway closes.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import Any
+from collections.abc import AsyncIterator
 
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from pydantic import Field
 from starlette.requests import HTTPConnection, Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
 from admin.schemas import Strict
+from admin.state import admin_state_of
 from gateway.auth import require_admin, require_user
-from gateway.errors import ServiceUnavailable
 from gateway.http import read_model
-from gateway.hub.cache import default_cache_dir
 from gateway.hub.jobs import DownloadManager
-from gateway.runtime import Gateway, gateway_of
+from gateway.runtime import gateway_of
 from gateway.sse import SSE_HEADERS, until_stopping
 
 KEEPALIVE_SECONDS = 15.0
-_MANAGERS: dict[int, DownloadManager] = {}
 
 
 class DownloadRequest(Strict):
@@ -36,44 +31,9 @@ class DownloadRequest(Strict):
     revision: str | None = Field(default=None, min_length=1, max_length=200)
 
 
-def downloads_opener(**options: Any) -> Callable[[Gateway], Awaitable[None]]:
-    """The `on_open` hook creating the gateway's `DownloadManager` with keyword `options`
-    (tests pass `retry_base_seconds=` and `free_bytes=` through their own control plane)."""
-
-    async def open_downloads(gateway: Gateway) -> None:
-        cache = gateway.settings.hf_cache_path or default_cache_dir()
-        manager = DownloadManager(gateway.settings, gateway.sessions, cache, **options)
-        _MANAGERS[id(gateway)] = manager
-        gateway.metrics.add_collector(lambda: _download_metrics(manager))
-        await manager.open()
-
-    return open_downloads
-
-
-open_downloads = downloads_opener()
-
-
-def _download_metrics(manager: DownloadManager) -> list[Metric]:
-    received = CounterMetricFamily(
-        "mlx_manager_download_bytes", "Bytes downloaded from the hub since the gateway started."
-    )
-    received.add_metric([], manager.transferred_bytes)
-    active = GaugeMetricFamily("mlx_manager_downloads_active", "Downloads transferring now.")
-    active.add_metric([], manager.active_count)
-    return [received, active]
-
-
-async def close_downloads(gateway: Gateway) -> None:
-    manager = _MANAGERS.pop(id(gateway), None)
-    if manager is not None:
-        await manager.close()
-
-
 def manager_of(conn: HTTPConnection) -> DownloadManager:
-    manager = _MANAGERS.get(id(gateway_of(conn)))
-    if manager is None:
-        raise ServiceUnavailable("downloads are not available: the gateway is starting or stopping")
-    return manager
+    """The app's download manager (503 while the gateway is starting or stopping)."""
+    return admin_state_of(conn).downloads
 
 
 async def start_download(request: Request) -> Response:

@@ -9,20 +9,12 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from admin.state import admin_state_of
 from gateway.auth import require_user
 from gateway.runtime import gateway_of
 from gateway.serving.launch import find_backend
-from gateway.system_info import backend_versions, host_facts
+from gateway.system_info import host_facts
 from gateway.types import ALIVE, MODEL_TYPES, RUNNING, SERVER_STATES
-
-
-def _backend_cache(request: Request) -> dict[str | None, dict[str, str | None]]:
-    """Backend versions are read once per app: a subprocess per request would be wasteful."""
-    state = request.app.state
-    if not hasattr(state, "backend_versions"):
-        state.backend_versions = {}
-    cache: dict[str | None, dict[str, str | None]] = state.backend_versions
-    return cache
 
 
 async def memory(request: Request) -> Response:
@@ -56,10 +48,8 @@ async def info(request: Request) -> Response:
     await require_user(request)
     gateway = gateway_of(request)
     facts = await asyncio.to_thread(host_facts)
-    cache: dict[str | None, dict[str, str | None]] = _backend_cache(request)
     executable = find_backend(gateway.settings)
-    if executable not in cache:
-        cache[executable] = await backend_versions(executable)
+    packages = await admin_state_of(request).backend_packages(executable)
     return JSONResponse(
         {
             **facts,
@@ -67,7 +57,7 @@ async def info(request: Request) -> Response:
             "model_types": list(MODEL_TYPES),
             "server_states": list(SERVER_STATES),
             "running_states": [state for state in SERVER_STATES if state in RUNNING],
-            "backend": {"executable": executable, "packages": cache[executable]},
+            "backend": {"executable": executable, "packages": packages},
             "settings": {
                 "home": str(gateway.settings.home),
                 "offline_mode": gateway.settings.offline_mode,

@@ -106,11 +106,14 @@ class ControlPlane:
     """What the composition root plugs in: routes, and hooks run with the gateway's lifespan.
 
     `on_open` runs after the core is up (e.g. resume downloads); `on_close` before it closes.
+    `state` is the control plane's own object (its hooks are usually its methods), kept as
+    `app.state.control` for its routes; the core never looks inside it.
     """
 
     routes: Sequence[BaseRoute] = ()
     on_open: Sequence[Callable[[Gateway], Awaitable[None]]] = ()
     on_close: Sequence[Callable[[Gateway], Awaitable[None]]] = ()
+    state: object = None
 
 
 def create_app(settings: Settings, control: ControlPlane | None = None) -> Starlette:
@@ -139,7 +142,7 @@ def create_app(settings: Settings, control: ControlPlane | None = None) -> Starl
         *proxy_routes(),
         *control.routes,
     ]
-    return Starlette(
+    app = Starlette(
         routes=routes,
         middleware=[
             Middleware(RequestIdMiddleware),
@@ -154,3 +157,5 @@ def create_app(settings: Settings, control: ControlPlane | None = None) -> Starl
         },
         lifespan=lifespan,
     )
+    app.state.control = control.state
+    return app

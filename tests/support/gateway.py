@@ -6,14 +6,13 @@ import asyncio
 import socket
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Any
 
 import uvicorn
 from starlette.applications import Starlette
 
 from admin import control_plane
-from admin.downloads import downloads_opener, open_downloads
 from gateway.app import create_app
 from gateway.main import build_app
 from gateway.runtime import Gateway
@@ -44,10 +43,7 @@ def gateway_app(settings: Settings, downloads: Mapping[str, Any] | None = None) 
     `DownloadManager` (e.g. `retry_base_seconds`, `free_bytes`), for tests that need them."""
     if not downloads:
         return build_app(settings)
-    plane = control_plane()
-    assert open_downloads in plane.on_open
-    hooks = [downloads_opener(**downloads) if h is open_downloads else h for h in plane.on_open]
-    return create_app(settings, replace(plane, on_open=hooks))
+    return create_app(settings, control_plane(download_options=downloads))
 
 
 @asynccontextmanager
