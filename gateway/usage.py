@@ -16,12 +16,10 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import insert, update
 from sqlalchemy.ext.asyncio import async_sessionmaker
-from sqlmodel import col
 from sqlmodel.ext.asyncio.session import AsyncSession
 
-from gateway.tables import ApiKey, Usage
+from gateway.store.usage import record_usage
 
 log = logging.getLogger("mlx_manager.usage")
 TAIL_BYTES = 64 * 1024
@@ -102,16 +100,7 @@ class UsageRecorder:
         batch, self._buffer = self._buffer, []
         try:
             async with self._sessions() as session:
-                conn = await session.connection()
-                await conn.execute(insert(Usage), batch)  # executemany: one compiled statement
-                key_ids = {u["key_id"] for u in batch if u.get("key_id") is not None}
-                if key_ids:
-                    await conn.execute(
-                        update(ApiKey)
-                        .where(col(ApiKey.id).in_(key_ids))
-                        .values(last_used_at=datetime.now(UTC))
-                    )
-                await session.commit()
+                await record_usage(session, batch)
         except BaseException:  # cancelled at shutdown too: close() flushes again
             self._buffer[:0] = batch
             raise

@@ -1,12 +1,12 @@
-"""Usage rows (`usage`): totals per user, model or key for the usage report."""
+"""Usage rows (`usage`): the recorder's batches in, totals per user, model or key out."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any, Literal
 
-from sqlalchemy import case, func
+from sqlalchemy import case, func, insert, update
 from sqlalchemy import select as sql_select
 from sqlmodel import col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
@@ -15,6 +15,18 @@ from gateway.tables import ApiKey, Usage, User
 
 GroupBy = Literal["user", "model", "key"]
 GROUPS: tuple[GroupBy, ...] = ("user", "model", "key")
+
+
+async def record_usage(session: AsyncSession, rows: list[dict[str, Any]]) -> None:
+    """Insert a batch of usage rows (one executemany) and mark their API keys used now."""
+    conn = await session.connection()
+    await conn.execute(insert(Usage), rows)
+    key_ids = {row["key_id"] for row in rows if row.get("key_id") is not None}
+    if key_ids:
+        await conn.execute(
+            update(ApiKey).where(col(ApiKey.id).in_(key_ids)).values(last_used_at=datetime.now(UTC))
+        )
+    await session.commit()
 
 
 @dataclass(frozen=True, slots=True)
