@@ -34,11 +34,15 @@ class Deployment:
         self.admin = admin
         self.key = key
         self.profile_id = 0
+        self.clients: list[openai.AsyncOpenAI] = []
 
     def sdk(self, key: str | None = None) -> openai.AsyncOpenAI:
-        return openai.AsyncOpenAI(
+        """An SDK client, closed when the deployment ends (an unclosed one is a warning)."""
+        client = openai.AsyncOpenAI(
             base_url=self.handle.url + "/v1", api_key=key or self.key, max_retries=0, timeout=120
         )
+        self.clients.append(client)
+        return client
 
     async def create_profile(self, **fields: object) -> dict:
         body = {"model_path": str(tiny_model()), "model_type": "lm", **fields}
@@ -64,7 +68,12 @@ async def deploy(home: Path, **settings: object) -> AsyncIterator[Deployment]:
         assert (await http.post("/api/auth/register", json=creds)).status_code == 201
         token = (await http.post("/api/auth/login", json=creds)).json()["access_token"]
         key = await http.post("/api/keys", json={"name": "sdk"}, headers=bearer(token))
-        yield Deployment(handle, http, token, key.json()["key"])
+        deployment = Deployment(handle, http, token, key.json()["key"])
+        try:
+            yield deployment
+        finally:
+            for client in deployment.clients:
+                await client.close()
 
 
 @pytest_asyncio.fixture(scope="module", loop_scope="module")
