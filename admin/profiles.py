@@ -72,7 +72,7 @@ class ProfileUpdate(ProfileFields):
     model_type: ModelType | None = None  # type: ignore[assignment]
 
 
-def public_profile(
+def profile_json(
     profile: ServerProfile,
     state: str | None = None,
     need_bytes: int | None = None,
@@ -101,7 +101,7 @@ async def create_profile(request: Request) -> Response:
             await store.profiles.add_profile(session, profile)
         server = await gateway.servers.add_profile(profile)
     return JSONResponse(
-        public_profile(profile, server.state, server.need_bytes, reveal=_may_see_env(principal)),
+        profile_json(profile, server.state, server.need_bytes, reveal=_may_see_env(principal)),
         status_code=201,
     )
 
@@ -110,7 +110,7 @@ async def list_profiles(request: Request) -> Response:
     reveal = _may_see_env(await require_user(request))
     servers = gateway_of(request).servers
     return JSONResponse(
-        [public_profile(s.profile, s.state, s.need_bytes, reveal=reveal) for s in servers.servers()]
+        [profile_json(s.profile, s.state, s.need_bytes, reveal=reveal) for s in servers.servers()]
     )
 
 
@@ -118,7 +118,7 @@ async def get_profile(request: Request) -> Response:
     reveal = _may_see_env(await require_user(request))
     server = server_of(request)
     return JSONResponse(
-        public_profile(server.profile, server.state, server.need_bytes, reveal=reveal)
+        profile_json(server.profile, server.state, server.need_bytes, reveal=reveal)
     )
 
 
@@ -145,7 +145,7 @@ async def update_profile(request: Request) -> Response:
         if changed:
             await gateway.servers.update_profile(profile)
     reveal = _may_see_env(principal)
-    return JSONResponse(public_profile(profile, server.state, server.need_bytes, reveal=reveal))
+    return JSONResponse(profile_json(profile, server.state, server.need_bytes, reveal=reveal))
 
 
 def _apply(profile: ServerProfile, body: ProfileUpdate) -> bool:
