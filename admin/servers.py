@@ -27,14 +27,14 @@ async def list_servers(request: Request) -> Response:
     await require_user(request)
     manager = gateway_of(request).servers
     await manager.measure_all()
-    return JSONResponse([s.snapshot() for s in manager.servers()])
+    return JSONResponse([s.to_json() for s in manager.servers()])
 
 
 async def get_server(request: Request) -> Response:
     await require_user(request)
     server = server_of(request)
     await gateway_of(request).servers.measure(server)
-    return JSONResponse(server.snapshot())
+    return JSONResponse(server.to_json())
 
 
 async def start_server(request: Request) -> Response:
@@ -44,14 +44,14 @@ async def start_server(request: Request) -> Response:
     server = server_of(request)
     await manager.start(server)
     await manager.measure(server)
-    return JSONResponse(server.snapshot())
+    return JSONResponse(server.to_json())
 
 
 async def stop_server(request: Request) -> Response:
     await require_admin(request)
     server = server_of(request)
     await gateway_of(request).servers.stop(server, reason="stopped by an admin")
-    return JSONResponse(server.snapshot())
+    return JSONResponse(server.to_json())
 
 
 async def restart_server(request: Request) -> Response:
@@ -60,7 +60,7 @@ async def restart_server(request: Request) -> Response:
     server = server_of(request)
     await manager.restart(server)
     await manager.measure(server)
-    return JSONResponse(server.snapshot())
+    return JSONResponse(server.to_json())
 
 
 async def server_logs(request: Request) -> Response:

@@ -34,3 +34,45 @@ def test_the_walk_sees_imports(tmp_path: Path) -> None:
     sample = tmp_path / "sample.py"
     sample.write_text("import admin.users\nfrom admin import ui\ndef f():\n    import admin\n")
     assert imported_modules(sample) == {"admin.users", "admin"}
+
+
+# ---- the pure modules: decisions and vocabulary, no I/O ----------------------------------------
+
+PURE_MODULES = ("serving/policy.py", "types.py")
+# What a pure module may import: the language's own data tools, and other pure modules. No
+# asyncio, httpx, aiohttp, psutil, os, socket, subprocess, pathlib, databases or web frameworks:
+# a decision that can do I/O can no longer be tested synchronously with plain values.
+PURE_ALLOWED = {"__future__", "collections.abc", "dataclasses", "datetime", "enum", "typing"}
+IO_MODULES = {"asyncio", "httpx", "aiohttp", "psutil", "os", "socket", "subprocess", "pathlib"}
+
+
+def pure_module_imports(path: Path) -> set[str]:
+    """Everything `path` imports, following imports of gateway modules (which must be pure too)."""
+    seen: set[str] = set()
+    pending = [path]
+    while pending:
+        for name in imported_modules(pending.pop()):
+            if name in seen:
+                continue
+            seen.add(name)
+            if name.startswith("gateway."):
+                pending.append(GATEWAY.parent / (name.replace(".", "/") + ".py"))
+    return seen
+
+
+def impure(names: set[str]) -> list[str]:
+    pure = {"gateway." + m.removesuffix(".py").replace("/", ".") for m in PURE_MODULES}
+    return sorted(n for n in names if n not in PURE_ALLOWED and n not in pure)
+
+
+def test_the_policy_and_the_vocabulary_import_nothing_that_does_io() -> None:
+    for module in PURE_MODULES:
+        names = pure_module_imports(GATEWAY / module)
+        assert not names & IO_MODULES, module
+        assert impure(names) == [], module
+
+
+def test_the_purity_check_sees_io_imports(tmp_path: Path) -> None:
+    sample = tmp_path / "sample.py"
+    sample.write_text("from typing import Any\ndef f():\n    import asyncio\nimport httpx\n")
+    assert impure(pure_module_imports(sample)) == ["asyncio", "httpx"]

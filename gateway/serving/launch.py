@@ -1,4 +1,5 @@
-"""From a profile to an argv: the mlx-openai-server command line, or a profile's own command.
+"""From a profile to a launch: the argv (mlx-openai-server's command line, or a profile's own
+command), its port, environment, health URL and log file, as one `LaunchSpec`.
 
 The installed server's `launch --help` is read once, so a profile asking for an option that
 version lacks is refused with a message naming the flag and the version, instead of a server
@@ -11,10 +12,15 @@ import asyncio
 import re
 import shutil
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from gateway.errors import Unprocessable
+from gateway.hub.cache import resolve_model_folder
+from gateway.serving.errors import StartFailed
+from gateway.serving.logfiles import log_path
+from gateway.serving.process import LaunchSpec, pick_port, port_is_free
 from gateway.settings import Settings
 from gateway.tables import ServerProfile
 
@@ -197,3 +203,76 @@ def build_command(
             backend.require(flag)
     argv.extend(profile.extra_args)
     return argv
+
+
+# ---- the whole launch: argv, port, environment ---------------------------------------------
+
+
+async def launch_spec(
+    settings: Settings,
+    profile: ServerProfile,
+    probe: BackendProbe,
+    claim_port: Callable[[ServerProfile], int],
+    log_file: Path,
+) -> LaunchSpec:
+    """Everything needed to launch `profile`'s server.
+
+    `claim_port` chooses the port and records it as taken; it is called after the last await
+    here, so two starts at once can never pick the same port (the second would see the first's
+    /health and think itself ready).
+    """
+    folder = await asyncio.to_thread(
+        resolve_model_folder, profile.model_path, settings.hf_cache_path
+    )
+    if folder is None and not profile.command:
+        raise StartFailed(
+            f"model {profile.model_path!r} is neither a local folder nor in the "
+            "Hugging Face cache; download it first (POST /api/downloads)"
+        )
+    backend: BackendInfo | None = None if profile.command else await probe.info()
+    cache_dir = prompt_cache_dir(settings, profile.name)
+    await asyncio.to_thread(_reset_folder, cache_dir)
+    port = claim_port(profile)  # no await from here on
+    argv = build_command(
+        profile,
+        port=port,
+        model_folder=str(folder) if folder else profile.model_path,
+        backend=backend,
+        log_level="DEBUG" if settings.log_level == "debug" else "INFO",
+        prompt_cache_dir=str(cache_dir),
+    )
+    env = {"PYTHONUNBUFFERED": "1", **profile.env}
+    if settings.hf_cache_path:
+        env.setdefault("HF_HUB_CACHE", str(settings.hf_cache_path))
+    if settings.offline_mode:
+        env.setdefault("HF_HUB_OFFLINE", "1")
+    health = profile.health_path if profile.health_path.startswith("/") else "/health"
+    return LaunchSpec(
+        argv=argv,
+        port=port,
+        health_url=f"http://127.0.0.1:{port}{health}",
+        log_path=log_file,
+        env=env,
+    )
+
+
+def choose_port(profile: ServerProfile, taken: set[int], fixed: set[int], start: int) -> int:
+    """The profile's own port if free, else the first free one not held or reserved by others.
+
+    `taken`: ports of other servers that are alive; `fixed`: every profile's configured port.
+    """
+    if profile.port is not None:
+        if profile.port in taken or not port_is_free(profile.port):
+            raise StartFailed(f"port {profile.port} is already in use; free it or unset port")
+        return profile.port
+    return pick_port(start, taken | fixed)
+
+
+def prompt_cache_dir(settings: Settings, profile_name: str) -> Path:
+    """The server's prompt cache: emptied at each start and removed at each stop."""
+    return settings.home / "prompt-cache" / log_path(Path(), profile_name).stem
+
+
+def _reset_folder(path: Path) -> None:
+    shutil.rmtree(path, ignore_errors=True)
+    path.mkdir(parents=True, exist_ok=True)

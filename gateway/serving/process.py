@@ -1,8 +1,8 @@
 """One model-server process: launch it, know when it is ready, stop it, notice when it dies.
 
-Mechanism only: which server to start or stop, and when, is decided by `gateway.scheduler` and
-carried out by `gateway.servers`. Nothing here blocks the event loop: the child is awaited with
-asyncio, never with a synchronous `wait()`.
+Mechanism only: which server to start or stop, and when, is decided by `gateway.serving.policy`
+and carried out by `gateway.serving.lifecycle`. Nothing here blocks the event loop: the child is
+awaited with asyncio, never with a synchronous `wait()`.
 """
 
 from __future__ import annotations
@@ -13,28 +13,41 @@ import os
 import signal
 import socket
 import time
-from collections.abc import Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Protocol
 
 import httpx
 import psutil
 
-from gateway.errors import ServiceUnavailable
+from gateway.serving.errors import StartFailed
 from gateway.serving.logfiles import mark, open_for_child, tail
 
 READY_POLL_SECONDS = 0.05
 LOG_TAIL_LINES = 40
 
 
-class StartFailed(ServiceUnavailable):
-    """The model server did not become ready; the message carries its log tail."""
-
-    code = "server_start_failed"
+__all__ = [
+    "LaunchSpec",
+    "ModelProcess",
+    "ServerProcess",
+    "Spawn",
+    "StartFailed",
+    "kill_recorded_process",
+    "pick_port",
+    "port_is_free",
+    "spawn_process",
+]
 
 
 @dataclass(frozen=True, slots=True)
 class LaunchSpec:
+    """Everything needed to launch one server, decided before launching (gateway.serving.launch).
+
+    Frozen and free of profile logic, so a process (real or a test's fake) only executes it.
+    """
+
     argv: list[str]
     port: int
     health_url: str
@@ -43,7 +56,47 @@ class LaunchSpec:
     cwd: Path | None = None
 
 
+class ModelProcess(Protocol):
+    """What the start/stop tasks need of one launched process; `ServerProcess` is the real one.
+
+    A protocol so tests can hand `ServerManager(spawn=...)` a fake that records calls and
+    becomes ready (or exits) when the test says, with no subprocess and no sleep.
+    """
+
+    spec: LaunchSpec
+    create_time: float
+
+    @property
+    def pid(self) -> int: ...
+
+    @property
+    def returncode(self) -> int | None: ...
+
+    async def wait_ready(self, within: float, http: httpx.AsyncClient) -> float: ...
+
+    async def wait_exit(self) -> int: ...
+
+    async def stop(self, grace: float) -> int | None: ...
+
+
+Spawn = Callable[[LaunchSpec], Awaitable[ModelProcess]]
+
+
+async def spawn_process(spec: LaunchSpec) -> ServerProcess:
+    """The real `Spawn`: launch `spec` as a child process (its own session, log file as output)."""
+    process = ServerProcess(spec)
+    await process.spawn()
+    return process
+
+
 class ServerProcess:
+    """One child process running a model server, owned by exactly one `ManagedServer`.
+
+    Exists to keep the OS details (process groups, signals, reaping without blocking the loop,
+    the log file as stdout/stderr) away from the decisions. It owns its child: only `stop()`
+    signals it, and never after the child was reaped (its pid may be someone else's by then).
+    """
+
     def __init__(self, spec: LaunchSpec) -> None:
         self.spec = spec
         self._proc: asyncio.subprocess.Process | None = None
