@@ -72,6 +72,9 @@ class Settings(BaseSettings):
     health_check_interval: Annotated[float, Field(gt=0, le=3600)] = 30
     health_check_failures: Annotated[int, Field(ge=1, le=100)] = 3
     start_timeout: Annotated[float, Field(gt=0, le=3600)] = 600
+    # After a failed start, requests get its error at once for this long instead of relaunching
+    # a server that just died (SDK retries would each launch it again); 0 = retry every time.
+    start_failure_backoff: Annotated[float, Field(ge=0, le=3600)] = 30
     stop_timeout: Annotated[float, Field(gt=0, le=600)] = 10
     backend_bin: str | None = None
     log_max_bytes: Annotated[int, Field(ge=4096)] = 10 * 1024 * 1024

@@ -238,6 +238,30 @@ async def test_a_failed_start_fails_every_waiter_with_its_error(gated: Harness) 
     assert gated.manager.events.start_failures == 1
 
 
+async def test_during_the_back_off_requests_get_the_failure_without_a_launch(
+    gated: Harness,
+) -> None:
+    server = await gated.profile("broken")
+    first = asyncio.create_task(gated.manager.acquire(server))
+    (await gated.spawner.next_launch()).exit(3)
+    with pytest.raises(StartFailed):
+        await first
+
+    with pytest.raises(StartFailed) as raised:
+        await gated.manager.acquire(server)  # the default back-off (30 s) has not passed
+    assert "tried again in" in raised.value.message
+    assert raised.value.status_code == 424
+    assert len(gated.spawner.launched) == 1
+
+    forced = asyncio.create_task(gated.manager.start(server))  # an explicit start relaunches
+    (await gated.spawner.next_launch()).become_ready()
+    await forced
+    assert server.state == "ready"
+    assert server.failed_at is None
+    (await gated.manager.acquire(server)).release()
+    assert len(gated.spawner.launched) == 2
+
+
 # ---- eviction ------------------------------------------------------------------------------
 
 

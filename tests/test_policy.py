@@ -643,3 +643,40 @@ def test_every_step_is_frozen() -> None:
     step = step_for(target("starting", attempt=1))
     with pytest.raises(AttributeError):
         step.attempt = 2  # type: ignore[attr-defined]
+
+
+def failed_target(failed_at: float = NOW - 10) -> ServerView:
+    return target("failed", attempt=2, last_error="t: exited with code 3", failed_at=failed_at)
+
+
+def backoff_step(failed: ServerView, backoff: float, **request: object) -> object:
+    view = View(target=failed, servers=(failed,), cap_bytes=4 * GB, start_failure_backoff=backoff)
+    return next_step(view, Request("t", LATER, **request), NOW)  # type: ignore[arg-type]
+
+
+def test_step4b_within_the_back_off_a_failed_start_fails_at_once_with_retry_in() -> None:
+    assert backoff_step(failed_target(NOW - 10), 30) == Fail(
+        "start_failed", "t: exited with code 3", retry_in=20
+    )
+
+
+def test_step4b_the_back_off_ends_exactly_at_its_length() -> None:
+    assert backoff_step(failed_target(NOW - 30), 30) == Start()
+    assert isinstance(backoff_step(failed_target(NOW - 29.5), 30), Fail)
+
+
+def test_step4b_a_zero_back_off_retries_at_once() -> None:
+    assert backoff_step(failed_target(NOW), 0) == Start()
+
+
+def test_step4b_a_forced_start_ignores_the_back_off() -> None:
+    assert backoff_step(failed_target(), 30, forced=True) == Start()
+
+
+def test_step4b_a_failure_without_a_time_is_not_backed_off() -> None:
+    assert backoff_step(target("failed", attempt=2), 30) == Start()
+
+
+def test_step4a_comes_before_4b_and_has_no_retry_in() -> None:
+    step = backoff_step(failed_target(), 30, joined_attempt=2, forced=True)
+    assert step == Fail("start_failed", "t: exited with code 3")

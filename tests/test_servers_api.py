@@ -205,7 +205,7 @@ async def test_a_profile_port_is_used_and_a_busy_one_fails_the_start(tmp_path):
             holder.bind(("127.0.0.1", port))
             holder.listen()
             response = await env.control("fixed", "start")
-            assert response.status_code == 503, response.text
+            assert response.status_code == 424, response.text
             assert f"port {port}" in response.json()["detail"]
 
 

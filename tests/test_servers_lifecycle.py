@@ -91,27 +91,25 @@ async def test_a_server_that_exits_while_starting_fails_with_its_log_tail(tmp_pa
         profile = await env.add_stub("broken", "--startup-delay", "0.3", "--exit-on-start", "3")
 
         response = await env.chat("broken")
-        assert response.status_code == 503, response.text
+        assert response.status_code == 424, response.text
         error = response.json()["error"]
         assert FATAL_LINE in error["message"]
         assert "code 3" in error["message"]
         assert error["code"] == "server_start_failed"
 
+        # An explicit start forces a new launch, even during the failure's back-off.
         response = await env.control("broken", "start")
-        assert response.status_code == 503, response.text
+        assert response.status_code == 424, response.text
         assert FATAL_LINE in response.json()["detail"]
 
         server = await env.server("broken")
         assert server["state"] == "failed"
         assert FATAL_LINE in server["last_error"]
 
-        # A later request tries again: a third launch is visible in the log and the counters.
-        response = await env.chat("broken")
-        assert response.status_code == 503
         log = log_path(env.settings.logs_dir, profile["name"]).read_text()
-        assert log.count("[mlx-manager] starting:") == 3
-        assert log.count(FATAL_LINE) == 3
-        assert env.manager.events.start_failures == 3
+        assert log.count("[mlx-manager] starting:") == 2
+        assert log.count(FATAL_LINE) == 2
+        assert env.manager.events.start_failures == 2
         assert env.manager.events.starts == 0
 
 
@@ -119,7 +117,7 @@ async def test_a_failed_server_reports_no_pid_or_port(tmp_path):
     # The process is gone: its pid may be reused by anything, so it must not be shown.
     async with gateway_env(tmp_path) as env:
         await env.add_stub("broken", "--exit-on-start", "3")
-        assert (await env.control("broken", "start")).status_code == 503
+        assert (await env.control("broken", "start")).status_code == 424
         server = await env.server("broken")
         assert server["state"] == "failed"
         assert (server["pid"], server["port"]) == (None, None)
@@ -128,7 +126,8 @@ async def test_a_failed_server_reports_no_pid_or_port(tmp_path):
 async def test_a_failed_profile_starts_once_the_cause_is_fixed(tmp_path):
     async with gateway_env(tmp_path) as env:
         await env.add_stub("flaky", "--exit-on-start", "3")
-        assert (await env.chat("flaky")).status_code == 503
+        assert (await env.chat("flaky")).status_code == 424
+        # Saving the profile ends the failure's back-off: the next request tries the new settings.
         response = await env.http.patch(
             f"/api/profiles/{env.profile_id('flaky')}",
             json={"command": env.profiles["flaky"]["command"][:-2]},

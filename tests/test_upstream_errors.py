@@ -555,18 +555,19 @@ async def test_a_multipart_upload_over_the_limit_is_413(limits: Env):
 
 
 @pytest.mark.asyncio(loop_scope="module")
-async def test_a_start_that_fails_is_503_with_the_cause(limits: Env):
+async def test_a_start_that_fails_is_424_with_the_cause(limits: Env):
     response = await limits.post("/v1/chat/completions", chat_body("broken"))
-    error = assert_openai_error(response, 503, error_type="server_error")
+    error = assert_openai_error(response, 424, "server_start_failed", error_type="server_error")
     assert "simulated load failure" in error["message"]
     assert "code 7" in error["message"]
     server = await limits.server("broken")
     assert server["state"] == "failed"
     async with limits.openai((await limits.new_key()).secret) as client:
-        with pytest.raises(openai.InternalServerError, match="simulated load failure"):
+        with pytest.raises(openai.APIStatusError, match="simulated load failure") as raised:
             await client.chat.completions.create(
                 model="broken", messages=[{"role": "user", "content": "x"}]
             )
+    assert raised.value.status_code == 424  # not retried by SDKs, unlike a 5xx
 
 
 @pytest.mark.asyncio(loop_scope="module")

@@ -128,6 +128,7 @@ class Lifecycle:
             await self._records.forget(server.profile_id)
             if server.state == "starting":
                 server.state = "failed"
+                server.failed_at = time.monotonic()
             log.warning("start of %s failed: %s", profile.name, message.splitlines()[0])
             self._changes.notify()
             raise StartFailed(server.last_error) from exc
@@ -136,6 +137,7 @@ class Lifecycle:
         log.info("%s ready on port %s after %.1f s", profile.name, spec.port, seconds)
         self._events.starts += 1
         server.state = "ready"
+        server.failed_at = None
         server.started_at = datetime.now(UTC)
         server.last_used = time.monotonic()
         server.health_failures = 0

@@ -151,6 +151,7 @@ class ServerManager:
         if was_running:
             await self.stop(server, reason="profile changed")
         server.profile = profile.model_copy()
+        server.failed_at = None  # the cause may be fixed: no back-off for the new settings
         server.estimate_bytes = await self._estimate(server.profile)
         server.measured_bytes = 0
         self._registry.reindex()
@@ -216,18 +217,28 @@ class ServerManager:
         A request counts as in flight only once granted here: a caller cancelled while waiting
         holds nothing.
         """
-        await self._until_ready(server, time.monotonic() + self.settings.queue_timeout)
+        await self._until_ready(server, self._request(server, self.settings.queue_timeout))
         # No await since the policy said Ready: the grant happens in the state it saw.
         return grant(server, self._changed)
 
-    async def ensure_ready(self, server: ManagedServer, within: float | None = None) -> None:
-        """Until ready, waiting at most `within` seconds (default: the queue timeout)."""
-        wait = self.settings.queue_timeout if within is None else within
-        await self._until_ready(server, time.monotonic() + wait)
+    async def ensure_ready(
+        self, server: ManagedServer, within: float | None = None, *, forced: bool = False
+    ) -> None:
+        """Until ready, waiting at most `within` seconds (default: the queue timeout).
 
-    async def _until_ready(self, server: ManagedServer, deadline: float) -> None:
+        `forced` starts even during a failed start's back-off (an explicit start).
+        """
+        wait = self.settings.queue_timeout if within is None else within
+        await self._until_ready(server, self._request(server, wait, forced=forced))
+
+    def _request(
+        self, server: ManagedServer, within: float, *, forced: bool = False
+    ) -> policy.Request:
+        return policy.Request(server.name, time.monotonic() + within, forced=forced)
+
+    async def _until_ready(self, server: ManagedServer, request: policy.Request) -> None:
         """Perform the policy's steps (`policy.next_step`) until it says Ready."""
-        request = policy.Request(server.name, deadline)
+        deadline = request.deadline
         while True:
             step = policy.next_step(self._view_of(server), request, time.monotonic())
             if isinstance(step, policy.Ready):
@@ -256,15 +267,21 @@ class ServerManager:
                 finally:
                     self.events.waiting -= 1
             else:
-                raise self._failure(step)
+                raise self._failure(server, step)
 
-    def _failure(self, step: policy.Fail) -> Exception:
+    def _failure(self, server: ManagedServer, step: policy.Fail) -> Exception:
         if step.reason == "removed":
             return ProfileRemoved(step.message)
         if step.reason == "too_large":
             return ModelTooLarge(step.message, param="model")
         if step.reason == "queue_timeout":
             return QueueTimeout(step.message, headers={"Retry-After": str(self._retry_after())})
+        if step.retry_in is not None:
+            return StartFailed(
+                f"model {server.name!r} failed to start; it will be tried again in "
+                f"{math.ceil(step.retry_in)} s (MLX_MANAGER_START_FAILURE_BACKOFF), or at once "
+                f"with POST /api/servers/{server.profile_id}/start. {step.message}"
+            )
         return StartFailed(step.message)
 
     def _view_of(self, server: ManagedServer) -> policy.View:
@@ -273,6 +290,7 @@ class ServerManager:
             target=server.view(ttl),
             servers=tuple(self._registry.views(ttl)),
             cap_bytes=self.cap_bytes,
+            start_failure_backoff=self.settings.start_failure_backoff,
         )
 
     def _retry_after(self) -> int:
@@ -284,9 +302,10 @@ class ServerManager:
         """Start (or join a start) and wait until ready; errors carry the log tail.
 
         An explicit start waits for the whole load (up to the start timeout), not just the
-        queue timeout a request gets: whoever asked wants to know how it ended.
+        queue timeout a request gets: whoever asked wants to know how it ended. It is forced:
+        a failed start's back-off does not hold it back.
         """
-        await self.ensure_ready(server, within=self.settings.start_timeout)
+        await self.ensure_ready(server, within=self.settings.start_timeout, forced=True)
 
     async def stop(self, server: ManagedServer, reason: str = "requested") -> None:
         await self._lifecycle.stop(server, reason)

@@ -62,6 +62,7 @@ class ServerView:
     attempt: int = 0  # how many starts were begun: names the latest one
     transition_done: bool = False  # the start or stop task under way has finished
     last_error: str | None = None
+    failed_at: float | None = None  # monotonic seconds: when the latest start failed
 
 
 @dataclass(frozen=True, slots=True)
@@ -198,6 +199,7 @@ class View:
     target: ServerView
     servers: tuple[ServerView, ...]  # the target may be among them (it is ignored there)
     cap_bytes: int
+    start_failure_backoff: float = 0.0  # seconds a failed start is not retried; 0 = off
 
 
 @dataclass(frozen=True, slots=True)
@@ -207,6 +209,7 @@ class Request:
     target: str
     deadline: float  # monotonic seconds; past it, waiting ends in a queue timeout
     joined_attempt: int | None = None  # the start attempt this caller has waited on
+    forced: bool = False  # an explicit start: tries again even during the back-off
 
 
 @dataclass(frozen=True, slots=True)
@@ -235,6 +238,7 @@ class Fail:
 
     reason: FailReason
     message: str
+    retry_in: float | None = None  # a failed start in its back-off: seconds until it is retried
 
 
 Step: TypeAlias = Ready | Join | Start | Evict | Wait | Fail
@@ -249,7 +253,11 @@ def next_step(view: View, request: Request, now: float) -> Step:
        3a. its task has ended without settling the state: fail (`start_failed`);
        3b. the deadline has passed: fail (`queue_timeout`), the start goes on;
        3c. otherwise `Join` it.
-    4. The start this request waited on failed: fail (`start_failed`) with its error.
+    4. The last start failed:
+       4a. it is the one this request waited on: fail (`start_failed`) with its error;
+       4b. it failed less than `start_failure_backoff` seconds ago and the request does not
+           force a start: fail (`start_failed`) at once with that error and `retry_in`, so
+           clients retrying a hopeless start do not relaunch it each time.
     5. Memory (`plan_start`):
        5a. the target can never fit under the cap: fail (`too_large`);
        5b. it fits: `Start`;
@@ -276,9 +284,15 @@ def next_step(view: View, request: Request, now: float) -> Step:
                 "try again shortly",
             )
         return Join(attempt=target.attempt)  # 3c
-    # 4. the start this request waited on failed
-    if target.state == "failed" and request.joined_attempt == target.attempt:
-        return Fail("start_failed", target.last_error or f"{name}: start failed")
+    # 4. the last start failed
+    if target.state == "failed":
+        error = target.last_error or f"{name}: start failed"
+        if request.joined_attempt == target.attempt:  # 4a
+            return Fail("start_failed", error)
+        if not request.forced and target.failed_at is not None:  # 4b
+            retry_in = view.start_failure_backoff - (now - target.failed_at)
+            if retry_in > 0:
+                return Fail("start_failed", error, retry_in=retry_in)
     # 5. memory
     decision = plan_start(name, target.need_bytes, view.servers, view.cap_bytes)
     if isinstance(decision, NeverFits):  # 5a

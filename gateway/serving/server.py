@@ -45,6 +45,7 @@ class ManagedServer:
     meter: ProcessTreeMeter | None = None
     restarts: int = 0
     attempt: int = 0  # starts begun; a waiter remembers which one it joined
+    failed_at: float | None = None  # monotonic; when the latest start failed (for the back-off)
 
     @property
     def name(self) -> str:
@@ -74,6 +75,7 @@ class ManagedServer:
             attempt=self.attempt,
             transition_done=self.task is not None and self.task.done(),
             last_error=self.last_error,
+            failed_at=self.failed_at,
         )
 
     def to_json(self) -> dict[str, Any]:
