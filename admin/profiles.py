@@ -25,6 +25,7 @@ from gateway.hub.cache import resolve_model_folder
 from gateway.hub.model_info import Kind, describe_model
 from gateway.runtime import Gateway, gateway_of
 from gateway.serving.launch import BackendUnavailable, build_command
+from gateway.serving.logfiles import file_stem, name_clash
 from gateway.tables import ServerProfile
 from gateway.types import ModelType, iso_utc
 
@@ -188,6 +189,15 @@ async def _validate(gateway: Gateway, profile: ServerProfile) -> None:
             raise Conflict(
                 f"the name {name!r} is already used by another profile", code="name_taken"
             )
+    others = (s.name for s in gateway.servers.servers() if s.profile_id != profile.id)
+    other = name_clash(profile.name, others)
+    if other is not None:
+        raise Conflict(
+            f"the name {profile.name!r} would share its log file and prompt cache with profile "
+            f"{other!r} ({file_stem(other)!r} on disk); choose a name that differs in more "
+            "than punctuation or case",
+            code="name_clash",
+        )
     if len({profile.name, *profile.aliases}) != 1 + len(profile.aliases):
         raise Unprocessable(
             "aliases must differ from the name and from each other", param="aliases"

@@ -19,6 +19,7 @@ from gateway.hub.model_info import (
 )
 from gateway.runtime import Gateway
 from gateway.serving.launch import BackendUnavailable
+from gateway.serving.logfiles import name_clash
 from gateway.serving.manager import ManagedServer
 from gateway.tables import ServerProfile
 
@@ -47,11 +48,26 @@ async def profile_on_demand(gateway: Gateway, model: str) -> ManagedServer | Non
         existing = gateway.servers.resolve(cached.repo_id)
         if existing is not None:
             return existing
-        profile = ServerProfile(**cached.profile_fields(cached.repo_id))
+        fields = cached.profile_fields(_free_name(gateway, cached.repo_id))
+        if fields["name"] != cached.repo_id:
+            fields["aliases"] = [cached.repo_id]  # still what clients call it
+        profile = ServerProfile(**fields)
         async with gateway.sessions() as session:
             await store.profiles.add_profile(session, profile)
         log.info("created profile %r for cached model %s", model, cached.repo_id)
         return await gateway.servers.add_profile(profile)
+
+
+def _free_name(gateway: Gateway, repo_id: str) -> str:
+    """`repo_id`, or `repo_id-2`, `-3`... when another profile's files (log, prompt cache)
+    already have its file name: a profile named `org_model` must keep its own."""
+    names = [server.name for server in gateway.servers.servers()]
+    taken = gateway.servers.names_in_use()
+    name, number = repo_id, 1
+    while name in taken or name_clash(name, names) is not None:
+        number += 1
+        name = f"{repo_id}-{number}"
+    return name
 
 
 async def _parser_choices(gateway: Gateway) -> tuple[tuple[str, ...], tuple[str, ...]]:

@@ -9,6 +9,7 @@ together apply each revision once.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +19,8 @@ from sqlalchemy import event, text
 from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker, create_async_engine
 from sqlmodel.ext.asyncio.session import AsyncSession
+
+from gateway.settings import make_private, make_private_dir
 
 MIGRATIONS_DIR = Path(__file__).parent / "migrations"
 
@@ -46,11 +49,26 @@ def create_engine(url: str) -> AsyncEngine:
     if url.startswith("sqlite"):
         path = url.split("///", 1)[-1]
         if path and path != ":memory:":
-            Path(path).parent.mkdir(parents=True, exist_ok=True)
+            private_sqlite_files(Path(path))
         engine = create_async_engine(url, connect_args={"timeout": 30})
         event.listen(engine.sync_engine, "connect", _sqlite_pragmas)
         return engine
     return create_async_engine(url, pool_pre_ping=True)
+
+
+def private_sqlite_files(path: Path) -> None:
+    """Create the database file 0600 before SQLite does, and tighten an existing one and its
+    `-wal`/`-shm` to 0600: they hold password hashes and profile env secrets.
+
+    SQLite creates the WAL and shared-memory files with the database file's own permissions,
+    so a 0600 database keeps the new ones private too. A missing folder is made 0700; an
+    existing one is left as it is (it may be anything the operator chose).
+    """
+    if not path.parent.exists():
+        make_private_dir(path.parent)
+    os.close(os.open(path, os.O_RDWR | os.O_CREAT, 0o600))
+    for file in (path, path.with_name(path.name + "-wal"), path.with_name(path.name + "-shm")):
+        make_private(file)
 
 
 def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:

@@ -44,8 +44,7 @@ class Gateway:
 
     @classmethod
     async def open(cls, settings: Settings) -> Gateway:
-        settings.home.mkdir(parents=True, exist_ok=True)
-        settings.logs_dir.mkdir(parents=True, exist_ok=True)
+        settings.prepare_home()
         secret = settings.resolved_jwt_secret()
         engine = create_engine(settings.sqlalchemy_url)
         await migrate(engine)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import secrets
+import stat
 from pathlib import Path
 from typing import Annotated, Literal
 
@@ -139,6 +140,11 @@ class Settings(BaseSettings):
     def logs_dir(self) -> Path:
         return self.home / "logs"
 
+    def prepare_home(self) -> None:
+        """HOME and its logs folder, private to this user (see `make_private_dir`)."""
+        make_private_dir(self.home)
+        make_private_dir(self.logs_dir)
+
     @property
     def sqlalchemy_url(self) -> str:
         if self.database_url:
@@ -170,9 +176,30 @@ def check_secret_strength(value: str) -> None:
         raise ValueError("is a known placeholder; set a random value or unset it")
 
 
+def make_private_dir(path: Path) -> None:
+    """Create `path` (mode 0700), or take group and other access off it if it exists.
+
+    HOME holds the database (password hashes, profile env secrets), the JWT secret and the
+    model servers' logs: nobody but the gateway's user has business there. Existing installs
+    made before this get tightened at start.
+    """
+    path.mkdir(mode=0o700, parents=True, exist_ok=True)
+    make_private(path)
+
+
+def make_private(path: Path) -> None:
+    """Take group and other permissions off `path`, if it exists; never widen anything."""
+    try:
+        current = stat.S_IMODE(path.stat().st_mode)
+        if current & 0o077:
+            path.chmod(current & ~0o077)
+    except FileNotFoundError:
+        pass
+
+
 def load_or_create_secret(path: Path) -> str:
     """Read the generated secret, creating it with mode 0600 exactly once."""
-    path.parent.mkdir(parents=True, exist_ok=True)
+    make_private_dir(path.parent)
     try:
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     except FileExistsError:

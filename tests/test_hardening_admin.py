@@ -9,14 +9,20 @@ the hub emulator for downloads, a stand-in for mlx-openai-server 1.8.1's `launch
 from __future__ import annotations
 
 import json
+import stat
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 
+from gateway.db import create_engine
+from gateway.settings import Settings
+from tests.conftest import make_settings, register_and_login
 from tests.support.env import Env, env_settings, gateway_env
-from tests.support.fake_backend import fake_backend
+from tests.support.fake_backend import fake_backend, fake_hf_cache
+from tests.support.gateway import running_gateway
 
 
 @pytest.fixture
@@ -148,3 +154,99 @@ async def test_patch_of_a_launch_field_restarts_the_server(env: Env) -> None:
     )
     assert server["pid"] != started["pid"]
     assert env.started_events("moving") == 2
+
+
+# ---- should-fix: names that share a log file and prompt cache are refused --------------------
+
+
+async def test_a_name_that_maps_to_another_profiles_files_is_refused(env: Env) -> None:
+    await env.add_stub("sec/TinyModel", quiet=True)
+    for clashing in ("sec_TinyModel", "sec:TinyModel", "SEC_tinymodel", "sec/TinyModel."):
+        response = await env.post("/api/profiles", {"name": clashing, "command": ["true"]})
+        assert response.status_code == 409, (clashing, response.text)
+        error = response.json()
+        assert error["code"] == "name_clash"
+        assert "'sec/TinyModel'" in error["detail"]  # names the other profile
+    # A rename onto the same file name is refused too; the profile keeps its name.
+    other = await env.add_stub("other", quiet=True)
+    url = f"/api/profiles/{other['id']}"
+    response = await env.http.patch(url, json={"name": "sec_TinyModel"}, headers=env.auth)
+    assert response.status_code == 409, response.text
+    assert response.json()["code"] == "name_clash"
+    assert (await env.http.get(url, headers=env.auth)).json()["name"] == "other"
+    # A profile renamed to its own file name's other spelling is not a clash with itself.
+    response = await env.http.patch(url, json={"name": "Other"}, headers=env.auth)
+    assert response.status_code == 200, response.text
+
+
+async def test_a_jit_profile_does_not_take_another_profiles_files(tmp_path: Path) -> None:
+    repo = "mlx-community/TinyModel"
+    cache = fake_hf_cache(tmp_path / "hf-cache", repo, {"config.json": b'{"model_type": "llama"}'})
+    settings = env_settings(
+        tmp_path, backend_bin=str(fake_backend(tmp_path / "bin")), hf_cache_path=cache
+    )
+    async with gateway_env(tmp_path, settings) as env:
+        await env.add_stub("mlx-community_TinyModel", quiet=True)
+        # The fake backend cannot serve it; only the profile made on the way matters here.
+        await env.chat(repo)
+        listed = (await env.http.get("/api/profiles", headers=env.auth)).json()
+        made = [p for p in listed if p["model_path"] == repo]
+        assert len(made) == 1, listed
+        assert made[0]["name"] == f"{repo}-2"
+        assert made[0]["aliases"] == [repo]
+        # A second request finds that profile instead of making another.
+        await env.chat(repo)
+        listed = (await env.http.get("/api/profiles", headers=env.auth)).json()
+        assert [p["name"] for p in listed if p["model_path"] == repo] == [f"{repo}-2"]
+
+
+# ---- should-fix: HOME and the database are private to the gateway's user ---------------------
+
+
+def mode(path: Path) -> int:
+    return stat.S_IMODE(path.stat().st_mode)
+
+
+def database_files(settings: Settings) -> list[Path]:
+    assert settings.database_path is not None
+    db = settings.database_path
+    return [db, db.with_name(db.name + "-wal"), db.with_name(db.name + "-shm")]
+
+
+async def test_a_new_home_and_database_are_private(tmp_path: Path) -> None:
+    settings = make_settings(tmp_path / "home", jwt_secret=None)
+    async with running_gateway(settings) as gateway:
+        async with httpx.AsyncClient(base_url=gateway.url, timeout=60) as http:
+            await register_and_login(http, "admin@example.com", "admin-password")
+        assert mode(settings.home) == 0o700
+        assert mode(settings.logs_dir) == 0o700
+        assert mode(settings.home / "jwt-secret") == 0o600
+        files = database_files(settings)
+        assert all(path.exists() for path in files)  # WAL mode, open: all three are there
+        assert {path.name: mode(path) for path in files} == {path.name: 0o600 for path in files}
+
+
+async def test_an_existing_install_is_tightened_at_start(tmp_path: Path) -> None:
+    settings = make_settings(tmp_path / "home")
+    async with running_gateway(settings) as gateway:
+        async with httpx.AsyncClient(base_url=gateway.url, timeout=60) as http:
+            await register_and_login(http, "admin@example.com", "admin-password")
+        # What an older version left: world-readable files in a world-readable folder.
+        for path in database_files(settings):
+            path.chmod(0o644)
+        settings.home.chmod(0o755)
+        settings.logs_dir.chmod(0o755)
+        # Another process opening the same database (the CLI, a second start) tightens it.
+        assert settings.database_path is not None
+        engine = create_engine(settings.sqlalchemy_url)
+        await engine.dispose()
+        assert {p.name: mode(p) for p in database_files(settings)} == {
+            p.name: 0o600 for p in database_files(settings)
+        }
+    settings.home.chmod(0o755)
+    assert settings.database_path.exists()
+    settings.database_path.chmod(0o644)
+    async with running_gateway(settings):
+        assert mode(settings.home) == 0o700
+        assert mode(settings.logs_dir) == 0o700
+        assert mode(settings.database_path) == 0o600

@@ -11,15 +11,31 @@ from __future__ import annotations
 import os
 import re
 import shutil
+from collections.abc import Iterable
 from pathlib import Path
 
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
 _ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")  # colour codes servers print even into files
 
 
+def file_stem(profile_name: str) -> str:
+    """The name a profile's files take on disk (its log, its prompt-cache folder)."""
+    return _UNSAFE.sub("_", profile_name).strip("._") or "server"
+
+
+def name_clash(profile_name: str, others: Iterable[str]) -> str | None:
+    """The first of `others` whose files would be `profile_name`'s, else None.
+
+    Two names that differ only in what `file_stem` replaces (`a/b`, `a_b`) would share a log
+    and a prompt cache (deleting one profile would delete the other's cache), so profile names
+    must not clash. Compared without case: macOS's file system ignores it.
+    """
+    stem = file_stem(profile_name).casefold()
+    return next((other for other in others if file_stem(other).casefold() == stem), None)
+
+
 def log_path(logs_dir: Path, profile_name: str) -> Path:
-    safe = _UNSAFE.sub("_", profile_name).strip("._") or "server"
-    return logs_dir / f"{safe}.log"
+    return logs_dir / f"{file_stem(profile_name)}.log"
 
 
 def open_for_child(path: Path) -> int:

@@ -51,7 +51,7 @@ from gateway.serving.registry import Registry
 from gateway.serving.server import ManagedServer
 from gateway.serving.upkeep import Upkeep
 from gateway.settings import Settings
-from gateway.tables import ServerProfile
+from gateway.tables import ServerProfile, launch_changed
 from gateway.types import RUNNING
 
 __all__ = [
@@ -141,11 +141,18 @@ class ServerManager:
         return server
 
     async def update_profile(self, profile: ServerProfile) -> None:
-        """Swap in the new settings; a running server restarts to pick them up."""
+        """Swap in the new settings; a running server restarts only when a launch field
+        (`gateway.tables.LAUNCH_FIELDS`) changed, so a new alias or TTL keeps it serving."""
         assert profile.id is not None
         server = self._registry.get(profile.id)
         if server is None:
             await self.add_profile(profile)
+            return
+        if not launch_changed(server.profile, profile):
+            server.profile = profile.model_copy()
+            server.estimate_bytes = await self._estimate(server.profile)
+            self._registry.reindex()
+            self._changed.notify()
             return
         was_running = server.state in RUNNING
         if was_running:
