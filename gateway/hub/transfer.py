@@ -24,7 +24,7 @@ import logging
 import os
 import shutil
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
@@ -204,12 +204,32 @@ async def download_snapshot(
         async with slots:
             await fetcher.fetch(file)
 
-    async with asyncio.TaskGroup() as group:
-        for file in plan.files:
-            group.create_task(one(file))
+    try:
+        async with asyncio.TaskGroup() as group:
+            for file in plan.files:
+                group.create_task(one(file))
+    except ExceptionGroup as failures:
+        # The first file that failed is the story ("x failed its checksum twice"); the group's
+        # own message ("unhandled errors in a TaskGroup") tells the user nothing.
+        raise first_failure(failures) from failures
     if plan.revision != plan.commit:
         await asyncio.to_thread(hf_cache.write_ref, folder, plan.revision, plan.commit)
     return snapshot
+
+
+def first_failure(failures: ExceptionGroup[Exception]) -> Exception:
+    """The first of a task group's failures, a `GatewayError` (whose message is meant for the
+    user) before anything else."""
+    leaves = list(_leaves(failures))
+    return next((e for e in leaves if isinstance(e, GatewayError)), leaves[0])
+
+
+def _leaves(error: Exception) -> Iterator[Exception]:
+    if isinstance(error, ExceptionGroup):
+        for inner in error.exceptions:
+            yield from _leaves(inner)
+    else:
+        yield error
 
 
 def hub_headers() -> dict[str, str]:

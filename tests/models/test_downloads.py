@@ -249,6 +249,21 @@ async def test_unknown_repo_revision_and_bad_ids(
     assert (await client.get("/api/downloads/999", headers=bearer(admin_token))).status_code == 404
 
 
+async def test_a_failed_download_says_which_file_failed_and_why(
+    hub: EmulatorProcess, hub_root: Path, client: httpx.AsyncClient, admin_token: str
+) -> None:
+    shard = next(k for k in repo_file_hashes(hub_root, BIG) if k.startswith("model-00001"))
+    hub.configure(corrupt_path=shard)  # served with a wrong byte on every attempt
+    record = (await post_download(client, admin_token, model_id=BIG)).json()
+    done = await wait_for_download(client, admin_token, record["id"])
+    assert done["status"] == "failed", done
+    assert done["error"] == (
+        f"{shard} of {BIG} failed its checksum twice; the hub may be serving a broken file, "
+        "try again later"
+    )
+    assert "TaskGroup" not in done["error"]
+
+
 @pytest.mark.parametrize("download_options", [{"free_bytes": lambda path: 1024}])
 async def test_not_enough_disk_is_507(
     hub: EmulatorProcess, client: httpx.AsyncClient, admin_token: str

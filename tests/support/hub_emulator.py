@@ -27,9 +27,10 @@ Test controls (not hub API): ``GET /_emulator/requests`` (the request log), ``PO
 /_emulator/config`` with any of ``bytes_per_second`` (throttle file bodies; 0 = unlimited),
 ``drop_after_bytes`` (cut the connection after that many body bytes of the next file
 transfers; null = never), ``api_status`` (answer every ``/api`` call with this status; null
-= normal); ``POST /_emulator/reset`` (clear log and config); ``POST /_emulator/reload``
-(rescan ROOT, after a test added a repo). Every request is also appended to
-``--log FILE`` (one JSON object per line, flushed at once) so a test can read it after a kill.
+= normal), ``corrupt_path`` (serve that repo file with its first byte flipped; null =
+none); ``POST /_emulator/reset`` (clear log and config); ``POST /_emulator/reload``
+(rescan ROOT, after a test added a repo). Every request is also appended to ``--log FILE``
+(one JSON object per line, flushed at once) so a test can read it after a kill.
 
 Run: ``python tests/support/hub_emulator.py --root DIR [--port 0] [--log FILE]
 [--bytes-per-second N] [--token T] [--no-cdn]``; prints ``READY <url>`` once listening.
@@ -169,9 +170,10 @@ class Controls:
     bytes_per_second: int = 0
     drop_after_bytes: int | None = None
     api_status: int | None = None
+    corrupt_path: str | None = None  # serve this file with its first byte changed, every time
 
     def update(self, data: dict[str, Any]) -> None:
-        for key in ("bytes_per_second", "drop_after_bytes", "api_status"):
+        for key in ("bytes_per_second", "drop_after_bytes", "api_status", "corrupt_path"):
             if key in data:
                 setattr(self, key, data[key])
 
@@ -414,6 +416,8 @@ class Emulator:
                 if drop is not None:
                     size = min(size, max(1, drop - sent))
                 data = handle.read(size)
+                if sent == 0 and start == 0 and entry.path == self.controls.corrupt_path and data:
+                    data = bytes([data[0] ^ 0xFF]) + data[1:]
                 await response.write(data)
                 sent += len(data)
                 if rate:
