@@ -25,6 +25,7 @@ async def create_key(request: Request) -> Response:
             user_id=principal.user_id,
             name=body.name,
             models=body.models,
+            scopes=body.scopes,
             expires_in_days=body.expires_in_days,
         )
     return JSONResponse({**key_json(key), "key": secret}, status_code=201)

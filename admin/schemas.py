@@ -11,7 +11,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from gateway.tables import ApiKey, User
-from gateway.types import iso_utc
+from gateway.types import DEFAULT_KEY_SCOPES, KeyScope, iso_utc
 
 
 class Strict(BaseModel):
@@ -36,6 +36,8 @@ class PasswordReset(Strict):
 class KeyCreate(Strict):
     name: str = Field(min_length=1, max_length=200)
     models: list[str] | None = Field(default=None, max_length=1000)
+    # What the key may call; at least one. Inference only unless asked (least privilege).
+    scopes: list[KeyScope] = Field(default=list(DEFAULT_KEY_SCOPES), min_length=1, max_length=8)
     expires_in_days: int | None = Field(default=None, ge=1, le=3650)
 
 
@@ -57,6 +59,7 @@ def key_json(key: ApiKey) -> dict[str, object]:
         "name": key.name,
         "prefix": key.prefix,
         "models": key.models,
+        "scopes": key.scopes,
         "expires_at": _iso(key.expires_at),
         "created_at": _iso(key.created_at),
         "last_used_at": _iso(key.last_used_at),

@@ -14,13 +14,13 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 
 from sqlalchemy.ext.asyncio import async_sessionmaker
-from sqlmodel import select
 from sqlmodel.ext.asyncio.session import AsyncSession
 from starlette.requests import HTTPConnection
 
+from gateway import store
 from gateway.errors import Forbidden, Unauthorized
-from gateway.tables import ApiKey, User
 from gateway.tokens import InvalidToken, hash_api_key, looks_like_api_key, read_access_token
+from gateway.types import KeyScope
 
 CACHE_TTL = 1.0
 _CACHE_LIMIT = 10_000
@@ -34,9 +34,14 @@ class Principal:
     key_id: int | None = None
     # An API key's allowlist; None means every model the owner may use.
     models: frozenset[str] | None = None
+    # An API key's scopes (gateway.types.KEY_SCOPES); None (a signed-in user) means all.
+    scopes: frozenset[str] | None = None
 
     def may_use(self, model: str) -> bool:
         return self.models is None or model in self.models
+
+    def has_scope(self, scope: KeyScope) -> bool:
+        return self.scopes is None or scope in self.scopes
 
 
 @dataclass(slots=True)
@@ -83,7 +88,7 @@ class Authenticator:
         except InvalidToken as exc:
             raise Unauthorized("invalid or expired token; sign in again") from exc
         async with self._sessions() as session:
-            user = await session.get(User, claims.user_id)
+            user = await store.users.get_user(session, claims.user_id)
         if user is None or user.status != "approved" or user.token_version != claims.token_version:
             raise Unauthorized("invalid or expired token; sign in again")
         assert user.id is not None
@@ -92,10 +97,7 @@ class Authenticator:
     async def _from_api_key(self, token: str) -> Principal:
         digest = hash_api_key(token)
         async with self._sessions() as session:
-            result = await session.exec(
-                select(ApiKey, User).join(User).where(ApiKey.key_hash == digest)
-            )
-            row = result.first()
+            row = await store.keys.find_key(session, digest)
         if row is None:
             raise Unauthorized("invalid API key")
         key, user = row
@@ -114,6 +116,7 @@ class Authenticator:
             is_admin=user.is_admin,
             key_id=key.id,
             models=frozenset(key.models) if key.models else None,
+            scopes=frozenset(key.scopes),
         )
 
 
@@ -139,8 +142,18 @@ def authenticator_of(conn: HTTPConnection) -> Authenticator:
     return auth
 
 
-async def require_user(conn: HTTPConnection) -> Principal:
+async def require_user(conn: HTTPConnection, scope: KeyScope = "admin") -> Principal:
+    """The caller, who must hold `scope`: `/api` routes need `admin` (the default, so a route
+    cannot forget it), `/v1` needs `inference`. A signed-in user holds both."""
     principal = await authenticator_of(conn).authenticate(conn.headers.get("authorization"))
+    if not principal.has_scope(scope):
+        where = "/v1 (the OpenAI API)" if scope == "inference" else "/api (the management API)"
+        held = ", ".join(sorted(principal.scopes or ())) or "none"
+        raise Forbidden(
+            f"this API key may not call {where}: it has the scopes {held}. Create a key with "
+            f'the {scope!r} scope (POST /api/keys with "scopes"), or sign in',
+            code="insufficient_scope",
+        )
     conn.scope.setdefault("state", {})["principal"] = principal
     return principal
 

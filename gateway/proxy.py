@@ -130,7 +130,7 @@ class ProxyEndpoint:
         gateway = _gateway(scope)
         request = Request(scope, receive)
         try:
-            principal = await require_user(request)
+            principal = await require_user(request, scope="inference")
         except GatewayError as exc:
             await error_response(exc, openai_shape=True)(scope, receive, send)
             return
@@ -608,13 +608,13 @@ def _visible_models(gateway: Gateway, principal: Principal) -> list[dict[str, An
 
 async def list_models(request: Request) -> Response:
     gateway = _gateway(request.scope)
-    principal = await require_user(request)
+    principal = await require_user(request, scope="inference")
     return JSONResponse({"object": "list", "data": _visible_models(gateway, principal)})
 
 
 async def get_model(request: Request) -> Response:
     gateway = _gateway(request.scope)
-    principal = await require_user(request)
+    principal = await require_user(request, scope="inference")
     model_id = request.path_params["model_id"]
     server = _resolve(gateway, principal, model_id)
     return JSONResponse(_model_entry(server, model_id))

@@ -9,11 +9,21 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import JSON, BigInteger, Column, DateTime, Dialect, ForeignKey, Integer, String
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Column,
+    DateTime,
+    Dialect,
+    ForeignKey,
+    Integer,
+    String,
+    text,
+)
 from sqlalchemy.types import TypeDecorator
 from sqlmodel import Field, SQLModel
 
-from gateway.types import utcnow
+from gateway.types import DEFAULT_KEY_SCOPES, utcnow
 
 
 class UTCDateTime(TypeDecorator[datetime]):
@@ -73,6 +83,11 @@ class ApiKey(SQLModel, table=True):
     prefix: str = Field(max_length=16)
     key_hash: str = Field(sa_column=Column(String(64), unique=True, nullable=False))
     models: list[str] | None = Field(default=None, sa_column=Column(JSON, nullable=True))
+    # gateway.types.KEY_SCOPES; keys made before scopes existed have both (migration 0003).
+    scopes: list[str] = Field(
+        default_factory=lambda: list(DEFAULT_KEY_SCOPES),
+        sa_column=Column(JSON, nullable=False, server_default=text("'[\"inference\"]'")),
+    )
     expires_at: datetime | None = _ts(default=None, nullable=True)
     created_at: datetime = _ts(default_factory=utcnow)
     last_used_at: datetime | None = _ts(default=None, nullable=True)

@@ -23,6 +23,13 @@ RUNNING: Final[frozenset[ServerState]] = frozenset({"starting", "ready"})
 ModelType = Literal["lm", "multimodal", "embeddings", "whisper", "image-generation", "image-edit"]
 MODEL_TYPES: Final[tuple[ModelType, ...]] = get_args(ModelType)
 
+# What an API key may call: `inference` is /v1 (the OpenAI API), `admin` is /api (the
+# management API, with its owner's rights). New keys get inference only, so a key handed to an
+# SDK or a notebook cannot manage users or profiles even when an admin created it.
+KeyScope = Literal["inference", "admin"]
+KEY_SCOPES: Final[tuple[KeyScope, ...]] = get_args(KeyScope)
+DEFAULT_KEY_SCOPES: Final[tuple[KeyScope, ...]] = ("inference",)
+
 GIB: Final = 1024**3
 
 

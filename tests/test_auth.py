@@ -272,7 +272,8 @@ async def test_me_with_jwt_and_with_api_key(client, admin_token):
     assert "hash" not in me.text
     assert "token_version" not in me.text
 
-    created = await client.post("/api/keys", json={"name": "sdk"}, headers=bearer(admin_token))
+    body = {"name": "sdk", "scopes": ["admin"]}
+    created = await client.post("/api/keys", json=body, headers=bearer(admin_token))
     assert created.status_code == 201, created.text
     me = await client.get("/api/auth/me", headers=bearer(created.json()["key"]))
     assert me.status_code == 200, me.text

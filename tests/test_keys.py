@@ -13,6 +13,8 @@ from gateway.tokens import hash_api_key
 from tests.conftest import approved_user, bearer
 from tests.support.gateway import GatewayHandle
 
+BOTH = ["inference", "admin"]  # what these tests need: the key calls /api too
+
 
 async def create_key(client: httpx.AsyncClient, token: str, **body: object) -> httpx.Response:
     return await client.post("/api/keys", json={"name": "sdk", **body}, headers=bearer(token))
@@ -60,7 +62,7 @@ async def test_create_key_shows_it_once(client, admin_token, gateway: GatewayHan
 @pytest.mark.both_databases
 async def test_key_works_as_bearer_and_acts_as_its_owner(client, admin_token):
     _, bob_token = await approved_user(client, admin_token, "bob@example.com", "bob-password")
-    key = (await create_key(client, bob_token)).json()["key"]
+    key = (await create_key(client, bob_token, scopes=["admin"])).json()["key"]
     response = await me(client, key)
     assert response.status_code == 200, response.text
     assert response.json()["email"] == "bob@example.com"
@@ -68,7 +70,7 @@ async def test_key_works_as_bearer_and_acts_as_its_owner(client, admin_token):
     # The owner's role, not more: bob's key is refused on admin routes.
     assert (await client.get("/api/users", headers=bearer(key))).status_code == 403
     # An admin's key carries the admin role.
-    admin_key = (await create_key(client, admin_token)).json()["key"]
+    admin_key = (await create_key(client, admin_token, scopes=["admin"])).json()["key"]
     assert (await client.get("/api/users", headers=bearer(admin_key))).status_code == 200
 
 
@@ -106,13 +108,13 @@ async def test_allowlist_is_stored_and_enforced_by_the_principal(
 
 @pytest.mark.both_databases
 async def test_expired_key_gets_401(client, admin_token, gateway: GatewayHandle):
-    response = await create_key(client, admin_token, expires_in_days=1)
+    response = await create_key(client, admin_token, expires_in_days=1, scopes=BOTH)
     assert response.status_code == 201, response.text
     expires_at = datetime.fromisoformat(response.json()["expires_at"])
     remaining = expires_at - datetime.now(UTC)
     assert timedelta(hours=23) < remaining <= timedelta(days=1)
     expired_id, expired_key = response.json()["id"], response.json()["key"]
-    live_key = (await create_key(client, admin_token, expires_in_days=1)).json()["key"]
+    live_key = (await create_key(client, admin_token, expires_in_days=1, scopes=BOTH)).json()["key"]
 
     async with gateway.core.sessions() as session:
         row = await session.get(ApiKey, expired_id)
@@ -131,8 +133,8 @@ async def test_expired_key_gets_401(client, admin_token, gateway: GatewayHandle)
 
 @pytest.mark.both_databases
 async def test_revoked_key_gets_401_immediately(client, admin_token):
-    created = (await create_key(client, admin_token)).json()
-    other = (await create_key(client, admin_token, name="other")).json()
+    created = (await create_key(client, admin_token, scopes=BOTH)).json()
+    other = (await create_key(client, admin_token, name="other", scopes=BOTH)).json()
     assert (await me(client, created["key"])).status_code == 200  # cached by now
     response = await client.delete(f"/api/keys/{created['id']}", headers=bearer(admin_token))
     assert response.status_code == 204, response.text
@@ -147,8 +149,8 @@ async def test_revoked_key_gets_401_immediately(client, admin_token):
 @pytest.mark.both_databases
 async def test_users_see_and_delete_only_their_own_keys(client, admin_token):
     _, bob_token = await approved_user(client, admin_token, "bob@example.com", "bob-password")
-    admin_key = (await create_key(client, admin_token, name="admin-key")).json()
-    bob_key = (await create_key(client, bob_token, name="bob-key")).json()
+    admin_key = (await create_key(client, admin_token, name="admin-key", scopes=BOTH)).json()
+    bob_key = (await create_key(client, bob_token, name="bob-key", scopes=BOTH)).json()
 
     bob_list = (await client.get("/api/keys", headers=bearer(bob_token))).json()
     assert [k["name"] for k in bob_list] == ["bob-key"]
@@ -165,7 +167,7 @@ async def test_users_see_and_delete_only_their_own_keys(client, admin_token):
 
 
 async def test_an_api_key_cannot_create_keys(client, admin_token):
-    key = (await create_key(client, admin_token)).json()["key"]
+    key = (await create_key(client, admin_token, scopes=BOTH)).json()["key"]
     response = await create_key(client, key, name="child")
     assert response.status_code == 403, response.text
     assert response.json()["code"] == "key_scope"

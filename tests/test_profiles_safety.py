@@ -56,7 +56,8 @@ async def test_profile_env_values_are_hidden_from_non_admins_and_keys(tmp_path: 
         for token in (user,):
             listed = (await env.http.get("/api/profiles", headers=bearer(token))).json()
             assert listed[0]["env"] == {"HF_TOKEN": "***"}
-        key = await env.http.post("/api/keys", json={"name": "k"}, headers=env.auth)
+        body = {"name": "k", "scopes": ["admin"]}
+        key = await env.http.post("/api/keys", json=body, headers=env.auth)
         as_key = await env.http.get("/api/profiles", headers=bearer(key.json()["key"]))
         assert as_key.json()[0]["env"] == {"HF_TOKEN": "***"}
         as_admin = (await env.http.get("/api/profiles", headers=env.auth)).json()

@@ -99,7 +99,7 @@ async def env(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Env]:
 async def traffic(env: Env) -> Traffic:
     me = await env.http.get("/api/auth/me", headers=env.auth)
     user = await env.new_user("usage-user@example.com")
-    key = await env.new_key(user.token, name="usage-key")
+    key = await env.new_key(user.token, name="usage-key", scopes=["inference", "admin"])
     idle_key = await env.new_key(user.token, name="idle-key")
     # Start the servers first so the traffic below is all that is recorded for them.
     for name in (MODEL, CRASH):

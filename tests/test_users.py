@@ -36,7 +36,8 @@ async def my_id(client: httpx.AsyncClient, token: str) -> int:
 
 
 async def new_key(client: httpx.AsyncClient, token: str) -> str:
-    response = await client.post("/api/keys", json={"name": "k"}, headers=bearer(token))
+    body = {"name": "k", "scopes": ["inference", "admin"]}
+    response = await client.post("/api/keys", json=body, headers=bearer(token))
     assert response.status_code == 201, response.text
     key: str = response.json()["key"]
     return key

@@ -37,7 +37,7 @@ def _call(url: str | None, token: str | None, path: str, **params: Any) -> Any:
     if not token:
         errors.print(
             "[red]no token:[/red] set MLX_MANAGER_TOKEN to an API key "
-            "(create one with POST /api/keys) or pass --token"
+            '(create one with POST /api/keys and "scopes": ["admin"]) or pass --token'
         )
         raise typer.Exit(2)
     if url is None:

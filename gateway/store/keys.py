@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from datetime import timedelta
 
 from sqlmodel import select
@@ -9,7 +10,7 @@ from sqlmodel.ext.asyncio.session import AsyncSession
 
 from gateway.tables import ApiKey, User
 from gateway.tokens import api_key_display_prefix, hash_api_key, new_api_key
-from gateway.types import utcnow
+from gateway.types import DEFAULT_KEY_SCOPES, KEY_SCOPES, KeyScope, utcnow
 
 
 async def create_key(
@@ -18,6 +19,7 @@ async def create_key(
     user_id: int,
     name: str,
     models: list[str] | None = None,
+    scopes: Iterable[KeyScope] = DEFAULT_KEY_SCOPES,
     expires_in_days: int | None = None,
 ) -> tuple[ApiKey, str]:
     """A new key acting as `user_id`; returns the row and the secret, which is never stored."""
@@ -28,6 +30,7 @@ async def create_key(
         prefix=api_key_display_prefix(secret),
         key_hash=hash_api_key(secret),
         models=sorted(set(models)) if models else None,
+        scopes=[scope for scope in KEY_SCOPES if scope in set(scopes)],
         expires_at=utcnow() + timedelta(days=expires_in_days) if expires_in_days else None,
     )
     session.add(key)
@@ -41,6 +44,13 @@ async def list_keys(session: AsyncSession, *, user_id: int | None) -> list[tuple
     if user_id is not None:
         query = query.where(ApiKey.user_id == user_id)
     return list((await session.exec(query)).all())
+
+
+async def find_key(session: AsyncSession, key_hash: str) -> tuple[ApiKey, User] | None:
+    """The key with this SHA-256, and its owner: what a bearer API key authenticates as."""
+    query = select(ApiKey, User).join(User).where(ApiKey.key_hash == key_hash)
+    row = (await session.exec(query)).first()
+    return None if row is None else (row[0], row[1])
 
 
 async def get_key(session: AsyncSession, key_id: int) -> ApiKey | None:

@@ -63,9 +63,27 @@ async def test_users_keys_and_usage(ui: Ui) -> None:
                 json={"model": "stub", "messages": [{"role": "user", "content": text}]},
             )
             assert response.status_code == 200, response.text
+        # Made without "Also /api": the key is for /v1 only.
+        response = await other.get("/api/auth/me", headers=bearer(key))
+        assert response.status_code == 403, response.text
+    row = keys.get_by_role("row", name="laptop")
+    await expect(row).to_contain_text("/v1")
+    await expect(row).not_to_contain_text("/api")
     await page.get_by_role("button", name="Done").click()
     await expect(shown).to_have_count(0)
     assert key not in (await page.content())
+
+    # A key that may also manage: the checkbox adds the admin scope.
+    await form.get_by_label("Name").fill("ops")
+    await form.get_by_label("Also /api").check()
+    await form.get_by_role("button", name="Create key").click()
+    ops = ui.secret(await page.get_by_role("textbox", name="New API key ops").input_value())
+    await expect(keys.get_by_role("row", name="ops")).to_contain_text("/v1, /api")
+    async with httpx.AsyncClient(base_url=ui.url) as other:
+        response = await other.get("/api/auth/me", headers=bearer(ops))
+        assert response.status_code == 200, response.text
+    await expect(form.get_by_label("Also /api")).not_to_be_checked()
+    await page.get_by_role("button", name="Done").click()
 
     # Usage by user and by model, for the chosen period.
     await page.get_by_label("Period").select_option(label="Last 24 hours")

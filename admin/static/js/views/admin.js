@@ -130,7 +130,7 @@ function userList({ signal, me }, { deleted }) {
 
 /** The key table with its create form; admins see every user's keys and their owners. */
 function keyList({ signal, isAdmin }, { emailOf }) {
-  const keys = table("API keys", ["Name", "Key", ...(isAdmin ? ["Owner"] : []), "Models", "Created", "Last used", "Expires", ""]);
+  const keys = table("API keys", ["Name", "Key", ...(isAdmin ? ["Owner"] : []), "Models", "Scopes", "Created", "Last used", "Expires", ""]);
   const status = h("div", { class: "status-slot" });
   const reveal = h("div", { class: "key-reveal-slot" });
   const form = keyForm({ signal, status, reveal, created: () => load() });
@@ -140,7 +140,7 @@ function keyList({ signal, isAdmin }, { emailOf }) {
       const found = await api("/api/keys", { signal });
       keys.caption.textContent = `API keys (${found.length})`;
       if (!found.length) {
-        clear(keys.tbody, h("tr", {}, h("td", { colspan: isAdmin ? 8 : 7, class: "empty" }, "No API key yet.")));
+        clear(keys.tbody, h("tr", {}, h("td", { colspan: isAdmin ? 9 : 8, class: "empty" }, "No API key yet.")));
         return;
       }
       syncRows(keys.tbody, found, (k) => k.id, createRow, updateRow);
@@ -161,6 +161,7 @@ function keyList({ signal, isAdmin }, { emailOf }) {
       h("span", { class: "mono" }, `${key.prefix}…`),
       ...(isAdmin ? [emailOf(key.user_id) || `user ${key.user_id}`] : []),
       key.models ? key.models.join(", ") : "all",
+      key.scopes.map((scope) => SCOPE_NAMES[scope] || scope).join(", "),
       timeAgo(key.created_at),
       timeAgo(key.last_used_at),
       key.expires_at ? formatDate(key.expires_at) : "never",
@@ -200,11 +201,15 @@ function keyList({ signal, isAdmin }, { emailOf }) {
   return { section, load };
 }
 
+// What each scope lets a key call (gateway.types.KEY_SCOPES).
+const SCOPE_NAMES = { inference: "/v1", admin: "/api" };
+
 /** The "create a key" form; the new key is shown once in `reveal`, then `created()`. */
 function keyForm({ signal, status, reveal, created }) {
   const name = h("input", { type: "text", name: "key_name", required: true, maxlength: 200, autocomplete: "off" });
   const models = h("input", { type: "text", name: "key_models", autocomplete: "off", placeholder: "all" });
   const days = h("input", { type: "number", name: "key_days", min: 1, max: 3650, step: 1, placeholder: "never" });
+  const manage = h("input", { type: "checkbox", name: "key_admin_scope" });
   const submit = h("button", { type: "submit", class: "primary" }, "Create key");
   const form = h(
     "form",
@@ -212,6 +217,7 @@ function keyForm({ signal, status, reveal, created }) {
     field("Name", name),
     field("Models", models, "Comma-separated; empty for all"),
     field("Expires in (days)", days),
+    field("Also /api", manage, "Off: the key calls /v1 only. On: also the management API, as its owner"),
     h("div", { class: "field submit" }, submit),
   );
   form.addEventListener("submit", (event) => {
@@ -223,13 +229,14 @@ function keyForm({ signal, status, reveal, created }) {
     }
     busy(submit, async () => {
       clear(status);
-      const body = { name: name.value.trim() };
+      const body = { name: name.value.trim(), scopes: manage.checked ? ["inference", "admin"] : ["inference"] };
       const only = models.value.split(",").map((m) => m.trim()).filter(Boolean);
       if (only.length) body.models = only;
       if (days.value) body.expires_in_days = Math.trunc(Number(days.value));
       try {
         const key = await api("/api/keys", { method: "POST", body, signal });
         name.value = models.value = days.value = "";
+        manage.checked = false;
         revealKey(reveal, key, () => name.focus());
         await created();
       } catch (error) {
