@@ -268,24 +268,16 @@ def remove(
 async def _running_users(settings: Settings, repo: str, folder: Path) -> list[str]:
     """Profiles whose model server (recorded by a gateway, still alive) loads this model."""
     import psutil
-    from sqlmodel import select
 
+    from gateway import store
     from gateway.db import create_engine, session_factory
-    from gateway.tables import RunningInstance, ServerProfile
 
     if settings.database_url is None and not (settings.database_path or Path()).exists():
         return []
     engine = create_engine(settings.sqlalchemy_url)
     try:
         async with session_factory(engine)() as session:
-            rows = (
-                await session.exec(
-                    select(RunningInstance, ServerProfile).join(
-                        ServerProfile,
-                        RunningInstance.profile_id == ServerProfile.id,  # type: ignore[arg-type]
-                    )
-                )
-            ).all()
+            rows = await store.instances.instances_with_profiles(session)
     except Exception:
         return []  # no schema yet: no gateway ever ran servers here
     finally:

@@ -33,9 +33,9 @@ from typing import Any
 
 import httpx
 from sqlalchemy.ext.asyncio import async_sessionmaker
-from sqlmodel import col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
+from gateway import store
 from gateway.errors import Conflict, GatewayError, NotFound
 from gateway.hub import cache as hf_cache
 from gateway.hub.catalog import LocalCatalog
@@ -169,9 +169,7 @@ class DownloadManager:
     async def open(self) -> None:
         """Resume what a stopped (or killed) gateway left unfinished, then clean stale partials."""
         async with self._sessions() as session:
-            rows = (
-                await session.exec(select(Download).where(col(Download.status).in_(UNFINISHED)))
-            ).all()
+            rows = await store.downloads.list_downloads(session, statuses=UNFINISHED)
         for record in rows:
             if self.settings.offline_mode:
                 record.error = "waiting: " + OFFLINE_MESSAGE
@@ -198,11 +196,7 @@ class DownloadManager:
 
     async def _owned_partials(self) -> list[Path]:
         async with self._sessions() as session:
-            rows = (
-                await session.exec(
-                    select(Download).where(col(Download.status).in_((*UNFINISHED, "failed")))
-                )
-            ).all()
+            rows = await store.downloads.list_downloads(session, statuses=(*UNFINISHED, "failed"))
 
         def find() -> list[Path]:
             paths: list[Path] = []
@@ -263,9 +257,7 @@ class DownloadManager:
             files_total=len(plan.files),
         )
         async with self._sessions() as session:
-            session.add(record)
-            await session.commit()
-            await session.refresh(record)
+            await store.downloads.add_download(session, record)
         active = _Active(record=record)
         self._launch(active, plan)
         self._publish(active)
@@ -305,7 +297,7 @@ class DownloadManager:
 
     async def views(self) -> list[dict[str, Any]]:
         async with self._sessions() as session:
-            rows = (await session.exec(select(Download).order_by(col(Download.id).desc()))).all()
+            rows = await store.downloads.list_downloads(session)
         views = []
         for row in rows:
             active = self._active.get(row.id) if row.id is not None else None
@@ -339,7 +331,7 @@ class DownloadManager:
 
     async def _load(self, download_id: int) -> Download:
         async with self._sessions() as session:
-            record = await session.get(Download, download_id)
+            record = await store.downloads.get_download(session, download_id)
         if record is None:
             raise NotFound(f"no download with id {download_id}", code="download_not_found")
         return record
@@ -502,16 +494,7 @@ class DownloadManager:
     async def _save(self, record: Download) -> None:
         record.updated_at = utcnow()
         async with self._sessions() as session:
-            row = await session.get(Download, record.id)
-            if row is None:
-                return
-            for name in (
-                "status", "bytes_done", "bytes_total", "files_done", "files_total",
-                "error", "updated_at", "finished_at", "commit_sha",
-            ):  # fmt: skip
-                setattr(row, name, getattr(record, name))
-            session.add(row)
-            await session.commit()
+            await store.downloads.save_progress(session, record)
 
     def _http(self) -> httpx.AsyncClient:
         if self._client is None:

@@ -27,9 +27,9 @@ from typing import Any
 
 import httpx
 from sqlalchemy.ext.asyncio import async_sessionmaker
-from sqlmodel import select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
+from gateway import store
 from gateway.hub.cache import resolve_model_folder
 from gateway.serving import policy
 from gateway.serving.errors import (
@@ -193,7 +193,7 @@ class ServerManager:
         """Load profiles, kill orphans a dead gateway left behind, start loops and auto-starts."""
         await self.reconcile_orphans()
         async with self._sessions() as session:
-            profiles = (await session.exec(select(ServerProfile))).all()
+            profiles = await store.profiles.list_profiles(session)
         for profile in profiles:
             await self.add_profile(profile)
         self._upkeep.start()

@@ -14,10 +14,10 @@ import logging
 import os
 
 from sqlalchemy.ext.asyncio import async_sessionmaker
-from sqlmodel import delete, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
 from gateway.serving.process import ModelProcess, kill_recorded_process
+from gateway.store import instances
 from gateway.tables import RunningInstance
 
 log = logging.getLogger("mlx_manager.servers")
@@ -33,40 +33,30 @@ class InstanceRecords:
     async def reconcile(self) -> int:
         """Kill servers recorded by a gateway that died (matched by pid *and* start time)."""
         async with self._sessions() as session:
-            rows = (await session.exec(select(RunningInstance))).all()
+            recorded = await instances.list_instances(session)
+            rows = [row for row in recorded if row.gateway_pid != os.getpid()]
             killed = 0
             for row in rows:
-                if row.gateway_pid == os.getpid():
-                    continue
                 if await asyncio.to_thread(
                     kill_recorded_process, row.pid, row.create_time, self._stop_timeout
                 ):
                     killed += 1
                     log.warning("killed orphaned model server pid %s (port %s)", row.pid, row.port)
-                await session.delete(row)
-            await session.commit()
+            await instances.delete_instances(session, rows)
         return killed
 
     async def record(self, profile_id: int, process: ModelProcess) -> None:
+        row = RunningInstance(
+            profile_id=profile_id,
+            pid=process.pid,
+            create_time=process.create_time,
+            port=process.spec.port,
+            gateway_pid=os.getpid(),
+        )
         async with self._sessions() as session:
-            await session.exec(
-                delete(RunningInstance).where(RunningInstance.profile_id == profile_id)  # type: ignore[arg-type]
-            )
-            session.add(
-                RunningInstance(
-                    profile_id=profile_id,
-                    pid=process.pid,
-                    create_time=process.create_time,
-                    port=process.spec.port,
-                    gateway_pid=os.getpid(),
-                )
-            )
-            await session.commit()
+            await instances.record_instance(session, row)
 
     async def forget(self, profile_id: int) -> None:
         with contextlib.suppress(Exception):
             async with self._sessions() as session:
-                await session.exec(
-                    delete(RunningInstance).where(RunningInstance.profile_id == profile_id)  # type: ignore[arg-type]
-                )
-                await session.commit()
+                await instances.forget_instance(session, profile_id)

@@ -3,11 +3,18 @@
 from __future__ import annotations
 
 from sqlalchemy.exc import IntegrityError
+from sqlmodel import select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
 from gateway.errors import Conflict
 from gateway.tables import ServerProfile
 from gateway.types import utcnow
+
+
+async def list_profiles(session: AsyncSession) -> list[ServerProfile]:
+    """Every profile, in id order (the order they were made)."""
+    query = select(ServerProfile).order_by(ServerProfile.id)  # type: ignore[arg-type]
+    return list((await session.exec(query)).all())
 
 
 async def get_profile(session: AsyncSession, profile_id: int) -> ServerProfile | None:
