@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ast
+import re
 from pathlib import Path
 
 GATEWAY = Path(__file__).resolve().parents[1] / "gateway"
@@ -76,3 +77,51 @@ def test_the_purity_check_sees_io_imports(tmp_path: Path) -> None:
     sample = tmp_path / "sample.py"
     sample.write_text("from typing import Any\ndef f():\n    import asyncio\nimport httpx\n")
     assert impure(pure_module_imports(sample)) == ["asyncio", "httpx"]
+
+
+# ---- the README's Layout maps every module ------------------------------------------------------
+
+README = GATEWAY.parent / "README.md"
+# Where each package's modules are listed in the README's Layout section (its lead-in line).
+LAYOUT_SECTIONS = {
+    "gateway": "`gateway/`:",
+    "gateway/store": "`gateway/`:",
+    "gateway/cli": "`gateway/`:",
+    "gateway/serving": "`gateway/serving/`:",
+    "gateway/hub": "`gateway/hub/`:",
+    "admin": "`admin/`:",
+}
+
+
+def layout_section(lead: str) -> str:
+    text = README.read_text()
+    layout = text[text.index("## Layout") :]
+    layout = layout[: layout.find("\n## ", 3)] if "\n## " in layout[3:] else layout
+    start = layout.index(lead)
+    following = [layout.find(other, start + 1) for other in set(LAYOUT_SECTIONS.values())]
+    end = min([i for i in following if i > start] or [len(layout)])
+    return layout[start:end]
+
+
+def named_in(section: str) -> set[str]:
+    """Every word inside backticks: `manager.py`, `errors.py`, `events.py` -> manager, errors..."""
+    words: set[str] = set()
+    for quoted in re.findall(r"`([^`]+)`", section):
+        words.update(w.removesuffix(".py") for w in re.findall(r"[A-Za-z_][\w.]*", quoted))
+    return words
+
+
+def test_the_readme_layout_names_every_module() -> None:
+    missing = {}
+    for package, lead in LAYOUT_SECTIONS.items():
+        folder = GATEWAY.parent / package
+        stems = {p.stem for p in folder.glob("*.py")} - {"__init__", "__main__"}
+        absent = sorted(stems - named_in(layout_section(lead)))
+        if absent:
+            missing[package] = absent
+    assert missing == {}, "name these modules in the README's Layout section"
+
+
+def test_the_layout_check_sees_a_missing_name() -> None:
+    assert named_in("| `manager.py` | x |\\n`errors.py`, `events.py` | y") >= {"manager", "events"}
+    assert "policy" not in named_in("| `manager.py` | the policy's steps |")

@@ -242,3 +242,14 @@ def test_serve_reports_a_bad_value_that_looks_like_console_markup(tmp_path: Path
     assert result.returncode == 2, result.stderr[-2000:]
     assert "MLX_MANAGER_LOG_LEVEL" in result.stderr
     assert "MarkupError" not in result.stderr
+
+
+def test_every_setting_is_documented_and_in_the_example_env() -> None:
+    """A limit nobody can find is a limit nobody can change: each setting has a row in
+    docs/configuration.md and a line in config/example.env."""
+    root = Path(__file__).resolve().parents[1]
+    names = {f"MLX_MANAGER_{name.upper()}" for name in Settings.model_fields}
+    docs = (root / "docs" / "configuration.md").read_text()
+    example = (root / "config" / "example.env").read_text()
+    assert sorted(n for n in names if f"`{n}`" not in docs) == []
+    assert sorted(n for n in names if f"# {n}=" not in example) == []
