@@ -15,6 +15,7 @@ from sqlalchemy import (
     Column,
     DateTime,
     Dialect,
+    Float,
     ForeignKey,
     Integer,
     String,
@@ -68,6 +69,12 @@ class User(SQLModel, table=True):
     token_version: int = 0
     created_at: datetime = _ts(default_factory=utcnow)
     last_login_at: datetime | None = _ts(default=None, nullable=True)
+    # Optional limits (issue 12): requests and tokens per minute, and tokens per budget period
+    # ("day" or "month", UTC). None = unlimited. Counted in `rate_windows`.
+    rpm: int | None = None
+    tpm: int | None = Field(default=None, sa_column=Column(BigInteger, nullable=True))
+    token_budget: int | None = Field(default=None, sa_column=Column(BigInteger, nullable=True))
+    budget_period: str | None = Field(default=None, max_length=8)
 
 
 class ApiKey(SQLModel, table=True):
@@ -91,6 +98,12 @@ class ApiKey(SQLModel, table=True):
     expires_at: datetime | None = _ts(default=None, nullable=True)
     created_at: datetime = _ts(default_factory=utcnow)
     last_used_at: datetime | None = _ts(default=None, nullable=True)
+    # Optional limits (issue 12): requests and tokens per minute, and tokens per budget period
+    # ("day" or "month", UTC). None = unlimited. Counted in `rate_windows`.
+    rpm: int | None = None
+    tpm: int | None = Field(default=None, sa_column=Column(BigInteger, nullable=True))
+    token_budget: int | None = Field(default=None, sa_column=Column(BigInteger, nullable=True))
+    budget_period: str | None = Field(default=None, max_length=8)
 
 
 class ServerProfile(SQLModel, table=True):
@@ -167,6 +180,14 @@ class RunningInstance(SQLModel, table=True):
     create_time: float
     port: int
     gateway_pid: int
+    # Which gateway recorded it, exactly: replicas share the table, so a gateway only ever
+    # reaps rows of its own machine (`host`) whose gateway process (pid + start time) is gone.
+    host: str = Field(
+        default="", sa_column=Column(String(255), nullable=False, server_default="", index=True)
+    )
+    gateway_create_time: float = Field(
+        default=0.0, sa_column=Column(Float, nullable=False, server_default="0")
+    )
     started_at: datetime = _ts(default_factory=utcnow)
 
 
@@ -193,6 +214,23 @@ class Download(SQLModel, table=True):
     finished_at: datetime | None = _ts(default=None, nullable=True)
 
 
+class RateWindow(SQLModel, table=True):
+    """Requests and tokens one subject used in one window: the counters behind per-key and
+    per-user limits, shared by every replica (atomic upserts keep them exact)."""
+
+    __tablename__ = "rate_windows"
+
+    # "key:<id>" or "user:<id>"
+    subject: str = Field(sa_column=Column(String(40), primary_key=True))
+    # "minute:<unix minute>", "day:<YYYY-MM-DD>" or "month:<YYYY-MM>" (UTC)
+    window: str = Field(sa_column=Column(String(24), primary_key=True))
+    requests: int = Field(default=0, sa_column=Column(BigInteger, nullable=False, default=0))
+    tokens: int = Field(default=0, sa_column=Column(BigInteger, nullable=False, default=0))
+    updated_at: datetime = Field(
+        default_factory=utcnow, sa_column=Column(UTCDateTime(), nullable=False, index=True)
+    )
+
+
 class Setting(SQLModel, table=True):
     """Small key/value facts the gateway keeps about itself (e.g. who was the first admin)."""
 
@@ -208,6 +246,12 @@ class Usage(SQLModel, table=True):
     id: int | None = Field(default=None, primary_key=True)
     created_at: datetime = _ts(default_factory=utcnow)
     request_id: str | None = Field(default=None, max_length=128)
+    # The gateway's own id for this row (a uuid4 hex, made when the request ends): writing a
+    # batch again after a failed or unknown commit never doubles it. request_id is the
+    # client's and may repeat.
+    record_id: str | None = Field(
+        default=None, sa_column=Column(String(32), nullable=True, unique=True, index=True)
+    )
     user_id: int | None = Field(
         default=None,
         sa_column=Column(

@@ -299,3 +299,55 @@ def _dead_pid() -> int:
 def _running_instances(home: Path) -> list[int]:
     with contextlib.closing(sqlite3.connect(home / "mlx-manager.db")) as db:
         return [row[0] for row in db.execute("SELECT pid FROM running_instances ORDER BY id")]
+
+
+async def test_replicas_on_one_database_never_reap_each_others_servers(tmp_path, cleanup):
+    """Two gateways share one home (one database): the second's start leaves the first's
+    server alone, each records its own; when the first is SIGKILLed, a third reaps only the
+    dead gateway's server, not the live replica's."""
+    home = tmp_path / "home"
+    env = gateway_environment(home, free_port())
+    chat = {"model": "shared", "messages": [{"role": "user", "content": "hi"}]}
+    credentials = {"email": ADMIN_EMAIL, "password": ADMIN_PASSWORD}
+
+    async def server_pid(http: httpx.AsyncClient, gateway: GatewayProcess) -> int:
+        auth = {"Authorization": f"Bearer {await _login(http, gateway.url, credentials)}"}
+        response = await http.post(f"{gateway.url}/v1/chat/completions", json=chat, headers=auth)
+        assert response.status_code == 200, response.text
+        (server,) = (await http.get(f"{gateway.url}/api/servers", headers=auth)).json()
+        pid: int = server["pid"]
+        cleanup.append(pid)
+        return pid
+
+    async with httpx.AsyncClient(timeout=60, trust_env=False) as http:
+        first = GatewayProcess(home, free_port(), env, tmp_path / "gateway-1.log")
+        cleanup.append(first.proc.pid)
+        second = third = None
+        try:
+            await first.wait_healthy(http)
+            response = await http.post(f"{first.url}/api/auth/register", json=credentials)
+            assert response.status_code == 201, response.text
+            auth = {"Authorization": f"Bearer {await _login(http, first.url, credentials)}"}
+            body = {"name": "shared", "command": stub_command()}
+            response = await http.post(f"{first.url}/api/profiles", json=body, headers=auth)
+            assert response.status_code == 201, response.text
+            first_server = await server_pid(http, first)
+
+            second = GatewayProcess(home, free_port(), env, tmp_path / "gateway-2.log")
+            cleanup.append(second.proc.pid)
+            await second.wait_healthy(http)
+            assert process_alive(first_server)  # the replica's start reaped nothing
+            second_server = await server_pid(http, second)
+            assert sorted(_running_instances(home)) == sorted([first_server, second_server])
+
+            first.kill()  # SIGKILL: its server is now an orphan, the second's is not
+            third = GatewayProcess(home, free_port(), env, tmp_path / "gateway-3.log")
+            cleanup.append(third.proc.pid)
+            await third.wait_healthy(http)
+            await wait_until(lambda: process_gone(first_server), message="the orphan killed")
+            assert process_alive(second_server)
+            assert _running_instances(home) == [second_server]
+        finally:
+            for gateway in (first, second, third):
+                if gateway is not None:
+                    gateway.terminate()

@@ -267,6 +267,8 @@ def remove(
 
 async def _running_users(settings: Settings, repo: str, folder: Path) -> list[str]:
     """Profiles whose model server (recorded by a gateway, still alive) loads this model."""
+    import socket
+
     import psutil
 
     from gateway import store
@@ -282,10 +284,13 @@ async def _running_users(settings: Settings, repo: str, folder: Path) -> list[st
         return []  # no schema yet: no gateway ever ran servers here
     finally:
         await engine.dispose()
+    here = socket.gethostname()  # another machine's pids mean nothing here
     return sorted(
         profile.name
         for instance, profile in rows
-        if _loads(profile.model_path, repo, folder) and psutil.pid_exists(instance.pid)
+        if instance.host in ("", here)
+        and _loads(profile.model_path, repo, folder)
+        and psutil.pid_exists(instance.pid)
     )
 
 

@@ -25,19 +25,28 @@ async def instances_with_profiles(
 
 
 async def record_instance(session: AsyncSession, instance: RunningInstance) -> None:
-    """The profile's one row: a new process replaces what was recorded for it."""
-    await session.exec(
-        delete(RunningInstance).where(RunningInstance.profile_id == instance.profile_id)  # type: ignore[arg-type]
-    )
+    """One row per profile and gateway: a new process replaces what this gateway recorded for
+    the profile, never another replica's row for it."""
+    await _delete_mine(session, instance.profile_id, instance.host, instance.gateway_pid)
     session.add(instance)
     await session.commit()
 
 
-async def forget_instance(session: AsyncSession, profile_id: int) -> None:
-    await session.exec(
-        delete(RunningInstance).where(RunningInstance.profile_id == profile_id)  # type: ignore[arg-type]
-    )
+async def forget_instance(
+    session: AsyncSession, profile_id: int, host: str, gateway_pid: int
+) -> None:
+    await _delete_mine(session, profile_id, host, gateway_pid)
     await session.commit()
+
+
+async def _delete_mine(session: AsyncSession, profile_id: int, host: str, gateway_pid: int) -> None:
+    await session.exec(
+        delete(RunningInstance).where(
+            RunningInstance.profile_id == profile_id,  # type: ignore[arg-type]
+            RunningInstance.host == host,  # type: ignore[arg-type]
+            RunningInstance.gateway_pid == gateway_pid,  # type: ignore[arg-type]
+        )
+    )
 
 
 async def delete_instances(session: AsyncSession, rows: list[RunningInstance]) -> None:
