@@ -109,7 +109,7 @@ async def test_patch_to_embeddings_on_a_chat_model_is_refused(env: Env) -> None:
 
 async def test_patch_masks_env_for_an_api_key_as_get_does(env: Env) -> None:
     profile = await env.add_stub("masked", env={"HF_TOKEN": "hf_secret_value"})
-    key = await env.new_key()
+    key = await env.new_key(scopes=["admin"])
     url = f"/api/profiles/{profile['id']}"
     as_key = {"Authorization": f"Bearer {key.secret}"}
     got = await env.http.get(url, headers=as_key)
