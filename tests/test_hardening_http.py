@@ -7,10 +7,7 @@ every byte on the wire is the test's choice.
 
 from __future__ import annotations
 
-import os
 import socket
-import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -19,7 +16,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.support.stub_server import free_port
+from tests.support.gateway_process import GatewayProcess, serve_environment
 
 SECRET = "edge-test-secret-" + "e" * 40
 MAX_HEADER_BYTES = 4096
@@ -30,59 +27,16 @@ BODY_TIMEOUT = 3
 PATIENCE = 60
 
 
-class ServeProcess:
-    """`python -m gateway serve` with some settings, its output in a file."""
+class ServeProcess(GatewayProcess):
+    """A gateway with some settings, healthy, that tests talk raw HTTP to."""
 
     def __init__(self, root: Path, **settings: str) -> None:
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.log = root / "gateway.log"
-        env = {
-            key: value for key, value in os.environ.items() if not key.startswith("MLX_MANAGER_")
-        }
-        env.pop("FORWARDED_ALLOW_IPS", None)
-        env.update(
-            {
-                "MLX_MANAGER_HOME": str(root / "home"),
-                "MLX_MANAGER_JWT_SECRET": SECRET,
-                "MLX_MANAGER_IDLE_TTL": "0",
-                "MLX_MANAGER_HEALTH_CHECK_INTERVAL": "3600",
-            }
-        )
-        env.update({f"MLX_MANAGER_{key.upper()}": value for key, value in settings.items()})
-        with self.log.open("ab") as out:
-            self.proc = subprocess.Popen(
-                [sys.executable, "-m", "gateway", "serve", "--port", str(self.port)],
-                env=env,
-                cwd=root,  # no stray .env from the working tree
-                stdin=subprocess.DEVNULL,
-                stdout=out,
-                stderr=subprocess.STDOUT,
-            )
-        self._wait_healthy()
-
-    def _wait_healthy(self) -> None:
-        deadline = time.monotonic() + PATIENCE
-        while True:
-            if self.proc.poll() is not None:
-                raise AssertionError(f"gateway exited:\n{self.log.read_text()[-3000:]}")
-            try:
-                if httpx.get(f"{self.url}/health", trust_env=False).status_code == 200:
-                    return
-            except httpx.TransportError:
-                pass
-            if time.monotonic() > deadline:
-                raise AssertionError(f"gateway not healthy:\n{self.log.read_text()[-3000:]}")
-            time.sleep(0.1)
+        env = serve_environment(root / "home", SECRET, **settings)
+        super().__init__(env, root / "gateway.log", cwd=root)
+        self.wait_healthy_sync(PATIENCE)
 
     def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(30)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(30)
+        self.terminate()
 
     @contextmanager
     def connect(self) -> Iterator[socket.socket]:

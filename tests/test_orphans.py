@@ -37,53 +37,11 @@ from tests.support.env import (
     process_gone,
     stub_command,
 )
+from tests.support.gateway_process import GatewayProcess, serve_environment
 from tests.support.stub_server import free_port, read_events
 from tests.support.waiting import wait_until
 
 SECRET = "orphan-test-secret-" + "s" * 40
-
-
-class GatewayProcess:
-    """`python -m gateway serve` on a port, with its output in a file."""
-
-    def __init__(self, home: Path, port: int, env: dict[str, str], log: Path) -> None:
-        self.port = port
-        self.url = f"http://127.0.0.1:{port}"
-        self.log = log
-        with log.open("ab") as out:
-            self.proc = subprocess.Popen(
-                [sys.executable, "-m", "gateway", "serve", "--port", str(port)],
-                env=env,
-                cwd=home.parent,
-                stdin=subprocess.DEVNULL,
-                stdout=out,
-                stderr=subprocess.STDOUT,
-            )
-
-    async def wait_healthy(self, http: httpx.AsyncClient, timeout: float = 60) -> None:
-        async def healthy() -> bool:
-            if self.proc.poll() is not None:
-                raise AssertionError(f"gateway exited:\n{self.log.read_text()[-3000:]}")
-            try:
-                return (await http.get(f"{self.url}/health")).status_code == 200
-            except httpx.TransportError:
-                return False
-
-        await wait_until(healthy, timeout=timeout, interval=0.1, message="gateway /health")
-
-    def kill(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.kill()
-        self.proc.wait(30)
-
-    def terminate(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(60)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(30)
 
 
 @pytest.fixture
@@ -99,17 +57,9 @@ def cleanup() -> Iterator[list[int]]:
 
 
 def gateway_environment(home: Path, port_start: int) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("MLX_MANAGER_")}
-    env.update(
-        MLX_MANAGER_HOME=str(home),
-        MLX_MANAGER_JWT_SECRET=SECRET,
-        MLX_MANAGER_DEFAULT_PORT_START=str(port_start),
-        MLX_MANAGER_IDLE_TTL="0",
-        MLX_MANAGER_HEALTH_CHECK_INTERVAL="3600",
-        MLX_MANAGER_STOP_TIMEOUT="2",
-        MLX_MANAGER_LOG_LEVEL="info",
+    return serve_environment(
+        home, SECRET, default_port_start=str(port_start), stop_timeout="2", log_level="info"
     )
-    return env
 
 
 async def test_a_gateway_killed_with_sigkill_leaves_no_unknown_server_running(tmp_path, cleanup):
@@ -123,10 +73,12 @@ async def test_a_gateway_killed_with_sigkill_leaves_no_unknown_server_running(tm
         env = gateway_environment(home, busy_port)
 
         async with httpx.AsyncClient(timeout=60, trust_env=False) as http:
-            first = GatewayProcess(home, gateway_port, env, tmp_path / "gateway-1.log")
+            first = GatewayProcess(
+                env, tmp_path / "gateway-1.log", port=gateway_port, cwd=home.parent
+            )
             cleanup.append(first.proc.pid)
             try:
-                await first.wait_healthy(http)
+                await first.wait_healthy()
                 credentials = {"email": ADMIN_EMAIL, "password": ADMIN_PASSWORD}
                 response = await http.post(f"{first.url}/api/auth/register", json=credentials)
                 assert response.status_code == 201, response.text
@@ -158,10 +110,12 @@ async def test_a_gateway_killed_with_sigkill_leaves_no_unknown_server_running(tm
             assert (await http.get(f"http://127.0.0.1:{stub_port}/health")).status_code == 200
             assert _running_instances(home) == [stub_pid]
 
-            second = GatewayProcess(home, gateway_port, env, tmp_path / "gateway-2.log")
+            second = GatewayProcess(
+                env, tmp_path / "gateway-2.log", port=gateway_port, cwd=home.parent
+            )
             cleanup.append(second.proc.pid)
             try:
-                await second.wait_healthy(http)
+                await second.wait_healthy()
                 await wait_until(lambda: process_gone(stub_pid), message="the orphan killed")
                 assert _running_instances(home) == []
                 token = await _login(http, second.url, credentials)
@@ -320,11 +274,11 @@ async def test_replicas_on_one_database_never_reap_each_others_servers(tmp_path,
         return pid
 
     async with httpx.AsyncClient(timeout=60, trust_env=False) as http:
-        first = GatewayProcess(home, free_port(), env, tmp_path / "gateway-1.log")
+        first = GatewayProcess(env, tmp_path / "gateway-1.log", cwd=home.parent)
         cleanup.append(first.proc.pid)
         second = third = None
         try:
-            await first.wait_healthy(http)
+            await first.wait_healthy()
             response = await http.post(f"{first.url}/api/auth/register", json=credentials)
             assert response.status_code == 201, response.text
             auth = {"Authorization": f"Bearer {await _login(http, first.url, credentials)}"}
@@ -333,17 +287,21 @@ async def test_replicas_on_one_database_never_reap_each_others_servers(tmp_path,
             assert response.status_code == 201, response.text
             first_server = await server_pid(http, first)
 
-            second = GatewayProcess(home, free_port(), env, tmp_path / "gateway-2.log")
+            second = GatewayProcess(
+                env, tmp_path / "gateway-2.log", port=free_port(), cwd=home.parent
+            )
             cleanup.append(second.proc.pid)
-            await second.wait_healthy(http)
+            await second.wait_healthy()
             assert process_alive(first_server)  # the replica's start reaped nothing
             second_server = await server_pid(http, second)
             assert sorted(_running_instances(home)) == sorted([first_server, second_server])
 
             first.kill()  # SIGKILL: its server is now an orphan, the second's is not
-            third = GatewayProcess(home, free_port(), env, tmp_path / "gateway-3.log")
+            third = GatewayProcess(
+                env, tmp_path / "gateway-3.log", port=free_port(), cwd=home.parent
+            )
             cleanup.append(third.proc.pid)
-            await third.wait_healthy(http)
+            await third.wait_healthy()
             await wait_until(lambda: process_gone(first_server), message="the orphan killed")
             assert process_alive(second_server)
             assert _running_instances(home) == [second_server]

@@ -32,6 +32,7 @@ from tests.support.stub_server import (
     start_stub,
     stub_argv,
 )
+from tests.support.waiting import wait_until_sync
 
 CHUNKS = 3
 
@@ -80,13 +81,10 @@ def chat_body(text: str, **extra: Any) -> dict[str, Any]:
 def wait_for_event(
     path: Path, predicate: Callable[[dict[str, Any]], bool], timeout: float = 5.0
 ) -> dict[str, Any]:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        for event in read_events(path):
-            if predicate(event):
-                return event
-        time.sleep(0.02)
-    raise AssertionError(f"no matching event in {read_events(path)}")
+    def matching() -> dict[str, Any] | None:
+        return next((event for event in read_events(path) if predicate(event)), None)
+
+    return wait_until_sync(matching, timeout=timeout, interval=0.02, message="a matching event")
 
 
 def sse_frames(body: str) -> list[str]:

@@ -7,76 +7,28 @@ no chance to clean up, while the hub emulator is throttled so the kill lands mid
 from __future__ import annotations
 
 import hashlib
-import os
-import signal
-import subprocess
-import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
 from huggingface_hub import snapshot_download
 
 from tests.conftest import TEST_SECRET
-from tests.support.gateway import free_port
+from tests.support.gateway_process import GatewayProcess, serve_environment
 from tests.support.hub_emulator import EmulatorProcess
 from tests.support.hub_fixtures import BIG, repo_file_hashes
+from tests.support.waiting import wait_until_sync
 
 ROOT = Path(__file__).resolve().parents[2]
 
 
-class GatewayProcess:
-    def __init__(self, env: dict[str, str], log: Path) -> None:
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.log = log
-        with log.open("ab") as out:
-            self.process = subprocess.Popen(
-                [sys.executable, "-m", "gateway", "serve", "--port", str(self.port)],
-                cwd=ROOT,
-                env=env,
-                stdout=out,
-                stderr=subprocess.STDOUT,
-            )
-        deadline = time.monotonic() + 30
-        while True:
-            if self.process.poll() is not None:
-                raise AssertionError(f"gateway exited:\n{log.read_text()[-3000:]}")
-            try:
-                if httpx.get(f"{self.url}/health", timeout=1).status_code == 200:
-                    return
-            except httpx.TransportError:
-                pass
-            if time.monotonic() > deadline:
-                raise AssertionError(f"gateway did not start:\n{log.read_text()[-3000:]}")
-            time.sleep(0.05)
-
-    def kill(self) -> None:
-        self.process.send_signal(signal.SIGKILL)
-        self.process.wait(timeout=10)
-
-    def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                self.kill()
-
-
 @pytest.fixture
 def gateway_env(hub: EmulatorProcess, tmp_path: Path, cache_dir: Path) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("MLX_MANAGER_", "HF_"))}
-    env.update(
-        MLX_MANAGER_HOME=str(tmp_path / "home"),
-        MLX_MANAGER_HF_CACHE_PATH=str(cache_dir),
-        MLX_MANAGER_JWT_SECRET=TEST_SECRET,
-        MLX_MANAGER_HEALTH_CHECK_INTERVAL="3600",
-        HF_ENDPOINT=hub.url,
-        HF_HUB_DISABLE_TELEMETRY="1",
-    )
+    env = serve_environment(tmp_path / "home", TEST_SECRET, hf_cache_path=str(cache_dir))
+    env = {k: v for k, v in env.items() if not k.startswith("HF_")}
+    env.update(HF_ENDPOINT=hub.url, HF_HUB_DISABLE_TELEMETRY="1")
     return env
 
 
@@ -85,7 +37,7 @@ def launched(tmp_path: Path) -> Iterator[list[GatewayProcess]]:
     processes: list[GatewayProcess] = []
     yield processes
     for process in processes:
-        process.stop()
+        process.terminate()
 
 
 def partial_sizes(cache: Path) -> dict[str, int]:
@@ -101,8 +53,9 @@ def test_killed_gateway_resumes_download_after_restart(
     launched: list[GatewayProcess],
 ) -> None:
     hub.configure(bytes_per_second=700_000)
-    first = GatewayProcess(gateway_env, tmp_path / "gateway.log")
+    first = GatewayProcess(gateway_env, tmp_path / "gateway.log", cwd=ROOT)
     launched.append(first)
+    first.wait_healthy_sync()
     credentials = {"email": "admin@example.com", "password": "admin-password"}
     with httpx.Client(base_url=first.url, timeout=30) as client:
         assert client.post("/api/auth/register", json=credentials).status_code == 201
@@ -112,10 +65,10 @@ def test_killed_gateway_resumes_download_after_restart(
         assert started.status_code == 202, started.text
         download_id = started.json()["id"]
         # Kill once a shard is partly on disk (not just in flight).
-        deadline = time.monotonic() + 15
-        while max(partial_sizes(cache_dir).values(), default=0) < 600_000:
-            assert time.monotonic() < deadline, partial_sizes(cache_dir)
-            time.sleep(0.05)
+        wait_until_sync(
+            lambda: max(partial_sizes(cache_dir).values(), default=0) >= 600_000,
+            message="600 kB of a shard on disk",
+        )
     first.kill()
 
     at_kill = partial_sizes(cache_dir)
@@ -123,14 +76,17 @@ def test_killed_gateway_resumes_download_after_restart(
     requests_before = len(hub.requests())
     hub.configure(bytes_per_second=0)
 
-    second = GatewayProcess(gateway_env, tmp_path / "gateway.log")
+    second = GatewayProcess(gateway_env, tmp_path / "gateway.log", cwd=ROOT)
     launched.append(second)
+    second.wait_healthy_sync()
     with httpx.Client(base_url=second.url, timeout=30, headers=headers) as client:
-        deadline = time.monotonic() + 20
-        while (view := client.get(f"/api/downloads/{download_id}").json())["status"] != "completed":
-            assert view["status"] in ("pending", "downloading"), view
-            assert time.monotonic() < deadline, view
-            time.sleep(0.05)
+
+        def finished() -> dict[str, Any] | None:
+            view: dict[str, Any] = client.get(f"/api/downloads/{download_id}").json()
+            assert view["status"] in ("pending", "downloading", "completed"), view
+            return view if view["status"] == "completed" else None
+
+        view = wait_until_sync(finished, timeout=60, message="the resumed download completed")
         assert view["bytes_done"] == view["bytes_total"]
         local = client.get("/api/models/local").json()
         assert [m["id"] for m in local] == [BIG]

@@ -5,12 +5,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import itertools
-import time
 from pathlib import Path
 
 from playwright.async_api import expect
 
 from tests.support.stub_server import read_events
+from tests.support.waiting import wait_until
 from tests.ui.conftest import Ui, reasoning_command, stub_command
 
 CHUNKS = 30  # tok0 .. tok29, 50 ms apart: 1.5 s of streaming
@@ -38,10 +38,11 @@ STREAMING_WITH = """(token) => {
 
 async def wait_for_event(path: Path, event: str, timeout: float = 10.0) -> None:
     """Poll the stub's events file (another process writes it) until `event` shows up."""
-    deadline = time.monotonic() + timeout
-    while not any(e["event"] == event for e in read_events(path)):
-        assert time.monotonic() < deadline, f"no {event} event in {path}"
-        await asyncio.sleep(0.05)
+    await wait_until(
+        lambda: any(e["event"] == event for e in read_events(path)),
+        timeout=timeout,
+        message=f"a {event} event in {path}",
+    )
 
 
 async def test_profiles_chat_and_servers(ui: Ui, tmp_path: Path) -> None:
