@@ -19,6 +19,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from gateway import store
 from gateway.access_log import AccessLogMiddleware
 from gateway.auth import require_admin
 from gateway.body_limit import AdminBodyLimitMiddleware
@@ -35,6 +36,28 @@ log = logging.getLogger("mlx_manager")
 
 async def health(request: Request) -> Response:
     return JSONResponse({"status": "ok"})
+
+
+async def ready(request: Request) -> Response:
+    """Readiness (open): 200 when the database answers and, on PostgreSQL, the revocation
+    listener is connected; else 503 "degraded" saying what is wrong. /health stays liveness."""
+    gateway = gateway_of(request)
+    problem = await store.replicas.ping(gateway.engine, gateway.settings.ready_timeout)
+    body: dict[str, object] = {"status": "ready", "database": "ok"}
+    if problem is not None:
+        body.update(database="unreachable", database_error=problem)
+    listener = gateway.revocations
+    if listener is None:
+        body["revocations"] = "local"  # SQLite: one gateway, nothing to listen to
+    elif listener.connected:
+        body["revocations"] = "listening"
+    else:
+        body.update(revocations="reconnecting", revocations_error=listener.problem)
+    body["auth_cache_ttl"] = gateway.authenticator.ttl
+    degraded = problem is not None or (listener is not None and not listener.connected)
+    if degraded:
+        body["status"] = "degraded"
+    return JSONResponse(body, status_code=503 if degraded else 200)
 
 
 async def metrics(request: Request) -> Response:
@@ -138,6 +161,7 @@ def create_app(settings: Settings, control: ControlPlane | None = None) -> Starl
 
     routes: list[BaseRoute] = [
         Route("/health", health, methods=["GET"]),
+        Route("/ready", ready, methods=["GET"]),
         Route("/metrics", metrics, methods=["GET"]),
         *proxy_routes(),
         *control.routes,

@@ -15,9 +15,11 @@ from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker
 from sqlmodel.ext.asyncio.session import AsyncSession
 from starlette.requests import HTTPConnection
 
+from gateway import store
 from gateway.auth import Authenticator
 from gateway.db import create_engine, migrate, session_factory
 from gateway.metrics import Metrics
+from gateway.revocation import RevocationListener
 from gateway.serving.manager import ServerManager
 from gateway.settings import Settings
 from gateway.throttle import AttemptLimit, LoginThrottle
@@ -41,6 +43,8 @@ class Gateway:
     jwt_secret: str = field(repr=False)
     # Set as soon as shutdown begins, so endless responses (event streams) can end first.
     stopping: asyncio.Event = field(default_factory=asyncio.Event)
+    # PostgreSQL only: hears other replicas' revocations (gateway/revocation.py).
+    revocations: RevocationListener | None = None
 
     @classmethod
     async def open(cls, settings: Settings) -> Gateway:
@@ -55,11 +59,29 @@ class Gateway:
         usage.start()
         metrics = Metrics()
         metrics.watch_servers(servers)
+        authenticator = Authenticator(
+            sessions,
+            secret,
+            settings.auth_cache_backstop_ttl,
+            listened_ttl=settings.auth_cache_ttl,
+            stale_max_age=settings.auth_stale_max_age,
+            lookup_timeout=settings.auth_db_timeout,
+        )
+        revocations = None
+        if engine.dialect.name == "postgresql":
+            revocations = RevocationListener(
+                store.replicas.listener_connect_args(engine),
+                authenticator,
+                ping_interval=settings.revocation_ping_interval,
+                ping_timeout=settings.ready_timeout,
+                reconnect_max=settings.revocation_reconnect_max,
+            )
+            revocations.start()
         return cls(
             settings=settings,
             engine=engine,
             sessions=sessions,
-            authenticator=Authenticator(sessions, secret),
+            authenticator=authenticator,
             login_throttle=LoginThrottle(
                 settings.login_max_failures,
                 settings.login_max_failures_per_address,
@@ -75,9 +97,12 @@ class Gateway:
             usage=usage,
             metrics=metrics,
             jwt_secret=secret,
+            revocations=revocations,
         )
 
     async def close(self) -> None:
+        if self.revocations is not None:
+            await self.revocations.close()
         await self.http.close()
         await self.servers.close()
         await self.usage.close()

@@ -98,6 +98,25 @@ class Settings(BaseSettings):
     register_window_seconds: Annotated[float, Field(gt=0, le=86400)] = 3600
     max_pending_users: Annotated[int, Field(ge=0, le=1_000_000)] = 100
 
+    # Cached logins (gateway/auth.py, gateway/revocation.py). On PostgreSQL, while the
+    # revocation listener is connected, other replicas' changes arrive by NOTIFY and a cached
+    # login is trusted this long; otherwise (SQLite, or the listener reconnecting) only the
+    # backstop TTL, so a change made elsewhere (a replica, the CLI) counts after at most that.
+    auth_cache_ttl: Annotated[float, Field(ge=0, le=3600)] = 60
+    auth_cache_backstop_ttl: Annotated[float, Field(ge=0, le=60)] = 1
+    # While the database is unreachable, a cached login loaded at most this long ago keeps
+    # serving (an uncached one gets 503); 0 = none does.
+    auth_stale_max_age: Annotated[float, Field(ge=0, le=86400)] = 300
+    # An auth lookup slower than this counts as the database being unreachable.
+    auth_db_timeout: Annotated[float, Field(gt=0, le=60)] = 5
+    # GET /ready's `SELECT 1`, and the revocation listener's keepalive round trip.
+    ready_timeout: Annotated[float, Field(gt=0, le=60)] = 2
+    # Seconds between keepalive round trips on the listener's connection (a silently dead
+    # connection is found within this plus READY_TIMEOUT), and the longest wait between
+    # reconnection attempts (the wait starts at 0.1 s and doubles).
+    revocation_ping_interval: Annotated[float, Field(gt=0, le=3600)] = 5
+    revocation_reconnect_max: Annotated[float, Field(gt=0, le=300)] = 5
+
     # The HTTP edge (gateway/edge.py): bounds on what a client may hold before the app runs.
     max_header_bytes: Annotated[int, Field(ge=1024, le=1024 * 1024)] = 32 * 1024
     header_timeout: Annotated[float, Field(gt=0, le=3600)] = 30

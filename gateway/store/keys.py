@@ -8,6 +8,7 @@ from datetime import timedelta
 from sqlmodel import select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
+from gateway.store.replicas import notify_key
 from gateway.tables import ApiKey, User
 from gateway.tokens import api_key_display_prefix, hash_api_key, new_api_key
 from gateway.types import DEFAULT_KEY_SCOPES, KEY_SCOPES, KeyScope, utcnow
@@ -59,4 +60,6 @@ async def get_key(session: AsyncSession, key_id: int) -> ApiKey | None:
 
 async def delete_key(session: AsyncSession, key: ApiKey) -> None:
     await session.delete(key)
+    assert key.id is not None
+    await notify_key(session, key.id)  # other replicas drop its cached login at commit
     await session.commit()

@@ -18,6 +18,7 @@ from sqlmodel.ext.asyncio.session import AsyncSession
 
 from gateway.errors import Conflict, Unprocessable
 from gateway.passwords import check_password_policy, hash_password, verify_password
+from gateway.store.replicas import notify_user
 from gateway.tables import Setting, User
 from gateway.types import utcnow
 
@@ -164,6 +165,8 @@ async def update_user(
     if is_admin is not None:
         user.is_admin = is_admin
     session.add(user)
+    assert user.id is not None
+    await notify_user(session, user.id)  # other replicas drop its cached logins at commit
     await session.commit()
     return user
 
@@ -173,6 +176,8 @@ async def delete_user(session: AsyncSession, user: User) -> None:
     if is_active_admin and await count_active_admins(session, excluding=user.id) == 0:
         raise Conflict("the last active admin cannot be deleted", code="last_admin")
     await session.delete(user)
+    assert user.id is not None
+    await notify_user(session, user.id)
     await session.commit()
 
 
@@ -182,5 +187,7 @@ async def set_password(session: AsyncSession, user: User, password: str) -> User
     user.password_hash = await asyncio.to_thread(hash_password, password)
     user.token_version += 1
     session.add(user)
+    assert user.id is not None
+    await notify_user(session, user.id)
     await session.commit()
     return user

@@ -165,7 +165,12 @@ class PostgresServer:
         if initdb.returncode != 0:
             raise RuntimeError(f"initdb failed: {initdb.stdout.decode()}{initdb.stderr.decode()}")
         self.port = _free_port()
-        with self.log.open("wb") as log:
+        self._launch(owner)
+        self.startup_seconds = time.monotonic() - began
+
+    def _launch(self, owner: dict[str, Any]) -> None:
+        """Run `postgres` on the cluster's folder and port and wait until it answers."""
+        with self.log.open("ab") as log:
             self.process = subprocess.Popen(
                 [
                     str(self.bindir / "postgres"),
@@ -199,7 +204,6 @@ class PostgresServer:
                 **owner,
             )
         self._wait_ready()
-        self.startup_seconds = time.monotonic() - began
 
     def _wait_ready(self) -> None:
         async def ping() -> None:
@@ -246,7 +250,8 @@ class PostgresServer:
         # WITH (FORCE) ends connections a test left open (a pool not disposed on failure).
         await self._admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
-    def stop(self) -> None:
+    def halt(self) -> None:
+        """Stop the server but keep its data: an outage, ended by `restart()`."""
         if self.process is not None and self.process.poll() is None:
             self.process.send_signal(signal.SIGINT)  # fast shutdown: disconnect clients, stop
             try:
@@ -254,6 +259,14 @@ class PostgresServer:
             except subprocess.TimeoutExpired:
                 self.process.kill()
                 self.process.wait()
+
+    def restart(self) -> None:
+        """Start the halted server again on the same port, with the same data."""
+        self.halt()
+        self._launch(self._as_owner())
+
+    def stop(self) -> None:
+        self.halt()
         shutil.rmtree(self.root, ignore_errors=True)
 
 
