@@ -21,9 +21,14 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from gateway import store
 from gateway.access_log import AccessLogMiddleware
-from gateway.auth import require_admin
+from gateway.auth import OUTAGE_RETRY_AFTER, require_admin
 from gateway.body_limit import AdminBodyLimitMiddleware
-from gateway.errors import GatewayError, error_response, openai_error_response
+from gateway.errors import (
+    GatewayError,
+    ServiceUnavailable,
+    error_response,
+    openai_error_response,
+)
 from gateway.hosts import HostAllowlistMiddleware, allowed_hosts
 from gateway.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from gateway.proxy import routes as proxy_routes
@@ -110,13 +115,26 @@ class LastResortErrors:
 
         try:
             await self.app(scope, receive, tracking_send)
-        except Exception:
+        except Exception as exc:
             request_id = request_id_of(scope)
+            path: str = scope.get("path", "")
+            if not started and store.replicas.lost_database(exc):
+                # Not a bug to report but an outage the client can wait out: a 503 it retries.
+                reason = store.replicas.describe(exc)
+                log.warning("database unreachable (%s); request %s got 503", reason, request_id)
+                outage = ServiceUnavailable(
+                    "the gateway cannot reach its database; retry shortly",
+                    code="database_unavailable",
+                    headers={"Retry-After": str(OUTAGE_RETRY_AFTER)},
+                )
+                await error_response(outage, openai_shape=path.startswith("/v1"))(
+                    scope, receive, send
+                )
+                return
             log.exception("unhandled error (request %s)", request_id)
             if started:
                 raise
             message = f"internal error; quote request id {request_id} when reporting it"
-            path: str = scope.get("path", "")
             if path.startswith("/v1"):
                 response = openai_error_response(500, message, "server_error", "internal_error")
             else:

@@ -559,6 +559,13 @@ async def test_a_postgresql_outage_keeps_cached_logins_and_ready_says_degraded(
     _openai_error(
         await http.get(f"{a.url}/v1/models", headers=bearer("not-a-jwt")), 401, "invalid_api_key"
     )
+    # The admin API: a route that needs the database answers 503 (not a 500 and a traceback);
+    # one that does not (the servers, from memory) still answers.
+    response = await http.get(f"{a.url}/api/downloads", headers=bob.token)
+    assert response.status_code == 503, response.text
+    assert response.json()["code"] == "database_unavailable"
+    assert response.headers["retry-after"] == "5"
+    assert (await http.get(f"{a.url}/api/servers", headers=bob.token)).status_code == 200
     # AUTH_STALE_MAX_AGE=0: nothing cached is served.
     _openai_error(
         await http.get(f"{strict.url}/v1/models", headers=bob.token), 503, "database_unavailable"

@@ -166,6 +166,21 @@ def kind(exc: BaseException) -> str:
     return type(exc).__name__
 
 
+def lost_database(exc: BaseException) -> bool:
+    """Whether `exc`, raised anywhere in a request, is the database being out of reach: an
+    unreachable-kind error (see `is_unreachable`) that came out of SQLAlchemy or the driver.
+    An OSError or timeout of the route's own (a file, the hub) is not the database's."""
+    if not is_unreachable(exc):
+        return False
+    traceback = exc.__traceback__
+    while traceback is not None:
+        module = traceback.tb_frame.f_globals.get("__name__", "")
+        if module.startswith(("sqlalchemy.", "asyncpg.", "aiosqlite.")):
+            return True
+        traceback = traceback.tb_next
+    return isinstance(exc, sa_exc.DBAPIError)
+
+
 def describe(exc: BaseException) -> str:
     """A one-line reason without SQLAlchemy's multi-line boilerplate (no secrets: asyncpg's
     messages name the host and port at most)."""
