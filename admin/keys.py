@@ -6,7 +6,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from admin.schemas import KeyCreate, key_json
+from admin.schemas import KeyCreate, KeyLimitsPatch, key_json
 from gateway import store
 from gateway.auth import authenticator_of, require_user
 from gateway.errors import Forbidden, NotFound
@@ -27,6 +27,7 @@ async def create_key(request: Request) -> Response:
             models=body.models,
             scopes=body.scopes,
             expires_in_days=body.expires_in_days,
+            limits=body.limit_changes(),
         )
     return JSONResponse({**key_json(key), "key": secret}, status_code=201)
 
@@ -39,6 +40,20 @@ async def list_keys(request: Request) -> Response:
     async with gateway_of(request).sessions() as session:
         rows = await store.keys.list_keys(session, user_id=owner)
     return JSONResponse([{**key_json(key), "user_email": user.email} for key, user in rows])
+
+
+async def patch_key(request: Request) -> Response:
+    """Change a key's limits (rpm, tpm, token_budget, budget_period): its owner or an admin.
+    The owner's own limits (set by an admin on the user) still apply on top."""
+    principal = await require_user(request)
+    patch = await read_model(request, KeyLimitsPatch)
+    async with gateway_of(request).sessions() as session:
+        key = await store.keys.get_key(session, request.path_params["key_id"])
+        if key is None or (key.user_id != principal.user_id and not principal.is_admin):
+            raise NotFound("no API key with this id", code="key_not_found")
+        await store.keys.set_key_limits(session, key, patch.limit_changes(key))
+    authenticator_of(request).forget_key(request.path_params["key_id"])
+    return JSONResponse(key_json(key))
 
 
 async def delete_key(request: Request) -> Response:
@@ -55,5 +70,6 @@ async def delete_key(request: Request) -> Response:
 routes = [
     Route("/api/keys", create_key, methods=["POST"]),
     Route("/api/keys", list_keys, methods=["GET"]),
+    Route("/api/keys/{key_id:int}", patch_key, methods=["PATCH"]),
     Route("/api/keys/{key_id:int}", delete_key, methods=["DELETE"]),
 ]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from datetime import UTC, datetime
 
 from starlette.requests import Request
@@ -11,8 +12,10 @@ from starlette.routing import Route
 from gateway import store
 from gateway.auth import require_user
 from gateway.errors import BadRequest
+from gateway.limits import Check, Counts, Limits, checks_for, subject, used
 from gateway.runtime import gateway_of
 from gateway.store.usage import GROUPS, GroupBy
+from gateway.types import iso_utc
 
 
 def _when(request: Request, name: str) -> datetime | None:
@@ -65,8 +68,63 @@ async def usage_report(request: Request) -> Response:
             "since": since.isoformat() if since else None,
             "until": until.isoformat() if until else None,
             "groups": groups,
+            "limits": await _limits(request, owner),
         }
     )
+
+
+async def _limits(request: Request, owner: int | None) -> list[dict[str, object]]:
+    """Each limited key and user (the caller's own, or everyone's for an admin) with what its
+    current windows hold: `rpm`, `tpm` and `token_budget` as {limit, used, resets_at} (plus
+    `period` for the budget), or null when that limit is not set."""
+    gateway = gateway_of(request)
+    async with gateway.sessions() as session:
+        keys = await store.keys.list_keys(session, user_id=owner)
+        if owner is None:
+            users = await store.users.list_users(session)
+        else:
+            me = await store.users.get_user(session, owner)
+            users = [] if me is None else [me]
+    now = time.time()
+    subjects: list[tuple[dict[str, object], list[Check], Limits]] = []
+    for user in users:
+        limits = Limits.of(user)
+        if limits is not None and user.id is not None:
+            entry: dict[str, object] = {"subject": "user", "id": user.id, "email": user.email}
+            subjects.append((entry, checks_for(subject("user", user.id), limits, now), limits))
+    for key, key_owner in keys:
+        limits = Limits.of(key)
+        if limits is not None and key.id is not None:
+            entry = {
+                "subject": "key",
+                "id": key.id,
+                "name": key.name,
+                "user_id": key.user_id,
+                "email": key_owner.email,
+            }
+            subjects.append((entry, checks_for(subject("key", key.id), limits, now), limits))
+    rows = {check.row for _, checks, _ in subjects for check in checks}
+    counts = await gateway.limiter.current(rows)
+    out = []
+    for entry, checks, limits in subjects:
+        found: dict[str, dict[str, object]] = {}
+        for check in checks:
+            found[check.name] = {
+                "limit": check.limit,
+                "used": used(check, counts.get(check.row, Counts())),
+                "resets_at": iso_utc(check.resets_at),
+            }
+        if "budget" in found:
+            found["budget"]["period"] = limits.budget_period
+        out.append(
+            {
+                **entry,
+                "rpm": found.get("rpm"),
+                "tpm": found.get("tpm"),
+                "token_budget": found.get("budget"),
+            }
+        )
+    return out
 
 
 routes = [Route("/api/usage", usage_report, methods=["GET"])]

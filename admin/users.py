@@ -28,7 +28,13 @@ async def patch_user(request: Request) -> Response:
     patch = await read_model(request, UserPatch)
     async with gateway_of(request).sessions() as session:
         user = await _get_user(session, request)
-        await store.users.update_user(session, user, status=patch.status, is_admin=patch.is_admin)
+        limits = patch.limit_changes(user)
+        if patch.status is not None or patch.is_admin is not None or not limits:
+            await store.users.update_user(
+                session, user, status=patch.status, is_admin=patch.is_admin
+            )
+        if limits:
+            await store.users.set_user_limits(session, user, limits)
     _forget(request, user)
     return JSONResponse(user_json(user))
 

@@ -29,6 +29,7 @@ from starlette.requests import HTTPConnection
 
 from gateway import store
 from gateway.errors import Forbidden, ServiceUnavailable, Unauthorized
+from gateway.limits import Limits
 from gateway.tokens import InvalidToken, hash_api_key, looks_like_api_key, read_access_token
 from gateway.types import KeyScope
 
@@ -52,6 +53,10 @@ class Principal:
     models: frozenset[str] | None = None
     # An API key's scopes (gateway.types.KEY_SCOPES); None (a signed-in user) means all.
     scopes: frozenset[str] | None = None
+    # Rate limits and token budgets (gateway/limits.py) of the key and of its owner; None
+    # (the usual case) means none, and the proxy then counts nothing for this caller.
+    key_limits: Limits | None = None
+    user_limits: Limits | None = None
 
     def may_use(self, model: str) -> bool:
         return self.models is None or model in self.models
@@ -176,7 +181,9 @@ class Authenticator:
         if user is None or user.status != "approved" or user.token_version != claims.token_version:
             raise Unauthorized("invalid or expired token; sign in again")
         assert user.id is not None
-        return Principal(user_id=user.id, email=user.email, is_admin=user.is_admin)
+        return Principal(
+            user_id=user.id, email=user.email, is_admin=user.is_admin, user_limits=Limits.of(user)
+        )
 
     async def _from_api_key(self, token: str) -> Principal:
         digest = hash_api_key(token)
@@ -201,6 +208,8 @@ class Authenticator:
             key_id=key.id,
             models=frozenset(key.models) if key.models else None,
             scopes=frozenset(key.scopes),
+            key_limits=Limits.of(key),
+            user_limits=Limits.of(user),
         )
 
 

@@ -41,6 +41,7 @@ from gateway.errors import (
     openai_error_response,
 )
 from gateway.http import parse_json, read_body
+from gateway.limiter import refusal
 from gateway.request_id import request_id_of
 from gateway.runtime import Gateway
 from gateway.serving.manager import Lease, ManagedServer
@@ -168,6 +169,13 @@ class ProxyEndpoint:
             tap.model = model
             server = await _resolve_or_create(gateway, principal, model)
             tap.profile = server.name
+            # Limits (gateway/limits.py) before any server is started or borrowed; a caller
+            # without limits costs nothing here.
+            decision = await gateway.limiter.admit(principal)
+            if decision is not None:
+                if not decision.admitted:
+                    raise refusal(decision)
+                send = _with_headers(send, decision.headers())
             if model != server.name:
                 body = await _off_loop_if_large(
                     body, _rewrite_alias, content_type, body, model, server.name
@@ -232,6 +240,19 @@ def _account(gateway: Gateway, scope: Scope, principal: Principal, tap: RequestT
         latency_ms=round((now - tap.started) * 1000, 2),
         ttfb_ms=None if first_byte is None else round(first_byte * 1000, 2),
     )
+    gateway.limiter.spend(principal, prompt + completion)
+
+
+def _with_headers(send: Send, headers: dict[str, str]) -> Send:
+    """`send` adding `headers` (the caller's x-ratelimit-* state) to the response's start."""
+    extra = [(name.encode(), value.encode()) for name, value in headers.items()]
+
+    async def sending(message: Message) -> None:
+        if message["type"] == "http.response.start":
+            message = {**message, "headers": [*message.get("headers", []), *extra]}
+        await send(message)
+
+    return sending
 
 
 async def _wait_for_disconnect(receive: Receive) -> None:

@@ -18,6 +18,7 @@ from starlette.requests import HTTPConnection
 from gateway import store
 from gateway.auth import Authenticator
 from gateway.db import create_engine, migrate, session_factory
+from gateway.limiter import Limiter
 from gateway.metrics import Metrics
 from gateway.revocation import RevocationListener
 from gateway.serving.manager import ServerManager
@@ -40,6 +41,7 @@ class Gateway:
     http: aiohttp.ClientSession
     usage: UsageRecorder
     metrics: Metrics
+    limiter: Limiter
     jwt_secret: str = field(repr=False)
     # Set as soon as shutdown begins, so endless responses (event streams) can end first.
     stopping: asyncio.Event = field(default_factory=asyncio.Event)
@@ -59,6 +61,7 @@ class Gateway:
         usage.start()
         metrics = Metrics()
         metrics.watch_servers(servers)
+        limiter = await Limiter.open(sessions, shared=engine.dialect.name == "postgresql")
         authenticator = Authenticator(
             sessions,
             secret,
@@ -96,6 +99,7 @@ class Gateway:
             http=upstream_session(),
             usage=usage,
             metrics=metrics,
+            limiter=limiter,
             jwt_secret=secret,
             revocations=revocations,
         )
@@ -106,6 +110,7 @@ class Gateway:
         await self.http.close()
         await self.servers.close()
         await self.usage.close()
+        await self.limiter.close()
         await self.engine.dispose()
 
 

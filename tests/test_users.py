@@ -54,7 +54,19 @@ async def test_admin_lists_users_without_secrets(client, admin_token):
         ("bob@example.com", False, "pending"),
     ]
     assert users[1]["id"] == bob
-    assert set(users[0]) == {"id", "email", "is_admin", "status", "created_at", "last_login_at"}
+    assert set(users[0]) == {
+        "id",
+        "email",
+        "is_admin",
+        "status",
+        "created_at",
+        "last_login_at",
+        # limits (null: unlimited)
+        "rpm",
+        "tpm",
+        "token_budget",
+        "budget_period",
+    }
     assert "argon2" not in response.text
     assert "password" not in response.text
 

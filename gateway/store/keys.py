@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from datetime import timedelta
 
 from sqlmodel import select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
+from gateway.limits import LIMIT_FIELDS
 from gateway.store.replicas import notify_key
 from gateway.tables import ApiKey, User
 from gateway.tokens import api_key_display_prefix, hash_api_key, new_api_key
@@ -22,8 +23,10 @@ async def create_key(
     models: list[str] | None = None,
     scopes: Iterable[KeyScope] = DEFAULT_KEY_SCOPES,
     expires_in_days: int | None = None,
+    limits: Mapping[str, object] | None = None,
 ) -> tuple[ApiKey, str]:
-    """A new key acting as `user_id`; returns the row and the secret, which is never stored."""
+    """A new key acting as `user_id`; returns the row and the secret, which is never stored.
+    `limits` are its LIMIT_FIELDS (rpm, tpm, token_budget, budget_period), already valid."""
     secret = new_api_key()
     key = ApiKey(
         user_id=user_id,
@@ -34,6 +37,7 @@ async def create_key(
         scopes=[scope for scope in KEY_SCOPES if scope in set(scopes)],
         expires_at=utcnow() + timedelta(days=expires_in_days) if expires_in_days else None,
     )
+    _set_limits(key, limits or {})
     session.add(key)
     await session.commit()
     return key, secret
@@ -56,6 +60,25 @@ async def find_key(session: AsyncSession, key_hash: str) -> tuple[ApiKey, User] 
 
 async def get_key(session: AsyncSession, key_id: int) -> ApiKey | None:
     return await session.get(ApiKey, key_id)
+
+
+async def set_key_limits(
+    session: AsyncSession, key: ApiKey, limits: Mapping[str, object]
+) -> ApiKey:
+    """Set the key's LIMIT_FIELDS (already valid); replicas drop its cached login at commit so
+    the new limits count at once."""
+    _set_limits(key, limits)
+    session.add(key)
+    assert key.id is not None
+    await notify_key(session, key.id)
+    await session.commit()
+    return key
+
+
+def _set_limits(key: ApiKey, limits: Mapping[str, object]) -> None:
+    for name, value in limits.items():
+        if name in LIMIT_FIELDS:
+            setattr(key, name, value)
 
 
 async def delete_key(session: AsyncSession, key: ApiKey) -> None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import re
+from collections.abc import Mapping
 from typing import Literal
 
 from sqlalchemy import func
@@ -17,6 +18,7 @@ from sqlmodel import select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
 from gateway.errors import Conflict, Unprocessable
+from gateway.limits import LIMIT_FIELDS
 from gateway.passwords import check_password_policy, hash_password, verify_password
 from gateway.store.replicas import notify_user
 from gateway.tables import Setting, User
@@ -167,6 +169,19 @@ async def update_user(
     session.add(user)
     assert user.id is not None
     await notify_user(session, user.id)  # other replicas drop its cached logins at commit
+    await session.commit()
+    return user
+
+
+async def set_user_limits(session: AsyncSession, user: User, limits: Mapping[str, object]) -> User:
+    """Set the user's LIMIT_FIELDS (already valid); replicas drop their cached logins at
+    commit so the new limits count at once."""
+    for name, value in limits.items():
+        if name in LIMIT_FIELDS:
+            setattr(user, name, value)
+    session.add(user)
+    assert user.id is not None
+    await notify_user(session, user.id)
     await session.commit()
     return user
 

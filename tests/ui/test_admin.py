@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
+import time
+
 import httpx
 from playwright.async_api import expect
 
@@ -93,6 +96,47 @@ async def test_users_keys_and_usage(ui: Ui) -> None:
     await expect(by_model.get_by_role("row", name="stub").locator(requests)).to_have_text("3")
     await expect(by_user.get_by_role("row", name=ADMIN_EMAIL).locator(requests)).to_have_text("3")
     await ui.shoot("admin")
+
+    # Limits: set in the key form, enforced on /v1, changed in the dialog, shown in usage.
+    await form.get_by_label("Name").fill("limited")
+    await form.get_by_label("Requests/min").fill("1")
+    await form.get_by_role("button", name="Create key").click()
+    shown = page.get_by_role("textbox", name="New API key limited")
+    limited = ui.secret(await shown.input_value())
+    await page.get_by_role("button", name="Done").click()
+    limited_row = keys.get_by_role("row", name="limited")
+    await expect(limited_row).to_contain_text("1 rpm")
+    if 60 - time.time() % 60 < 5:  # both requests in one UTC minute
+        await asyncio.sleep(6)
+    async with httpx.AsyncClient(base_url=ui.url) as other:
+        body = {"model": "stub", "messages": [{"role": "user", "content": "hi"}]}
+        headers = bearer(limited)
+        statuses = [
+            (await other.post("/v1/chat/completions", headers=headers, json=body)).status_code
+            for _ in range(2)
+        ]
+    assert statuses == [200, 429]
+    await limited_row.get_by_role("button", name="Limits of limited").click()
+    dialog = page.get_by_role("dialog", name="Limits of limited")
+    await expect(dialog.get_by_label("Requests/min")).to_have_value("1")
+    await dialog.get_by_label("Tokens/min").fill("500")
+    await dialog.get_by_role("button", name="Save limits").click()
+    await expect(limited_row).to_contain_text("1 rpm · 500 tpm")
+    await carol.get_by_role("button", name="Limits of carol@example.com").click()
+    dialog = page.get_by_role("dialog", name="Limits of carol@example.com")
+    await dialog.get_by_label("Token budget").fill("900")
+    await dialog.get_by_label("Budget window").select_option("day")
+    await dialog.get_by_role("button", name="Save limits").click()
+    await expect(carol).to_contain_text("900 tokens/day")
+    by_email = {u["email"]: u for u in (await ui.api("GET", "/api/users")).json()}
+    carol_limits = by_email["carol@example.com"]
+    assert (carol_limits["token_budget"], carol_limits["budget_period"]) == (900, "day")
+    await page.get_by_label("Period").select_option(label="Last 7 days")  # reloads the report
+    limits_now = page.get_by_role("table", name="Limits now")
+    await expect(limits_now.get_by_role("row", name="key limited")).to_contain_text("1 / 1")
+    await expect(limits_now.get_by_role("row", name="carol@example.com")).to_contain_text(
+        "0 / 900 this day"
+    )
 
     # Revoke (confirmed): the key stops working at once.
     await keys.get_by_role("button", name="Revoke laptop").click()

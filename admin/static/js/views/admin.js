@@ -1,6 +1,7 @@
-// Admin: users (approve, disable, promote), API keys (create - shown once - and revoke), and
-// usage by user and by model. Non-admins see their own keys and usage.
-// Parts: userList, keyList (with keyForm and revealKey) and usageReport.
+// Admin: users (approve, disable, promote, limits), API keys (create - shown once - limits and
+// revoke), and usage by user and by model with the limits' current windows. Non-admins see
+// their own keys and usage.
+// Parts: userList, keyList (with keyForm and revealKey), limitInputs/limitsDialog, usageReport.
 
 import { api, query } from "../api.js";
 import {
@@ -43,7 +44,7 @@ export function render(root, ctx) {
 
 /** The user table (admins only): approve, enable/disable, promote/demote, delete. */
 function userList({ signal, me }, { deleted }) {
-  const users = table("Users", ["Email", "Status", "Role", "Created", "Last sign-in", ""]);
+  const users = table("Users", ["Email", "Status", "Role", "Limits", "Created", "Last sign-in", ""]);
   const status = h("div", { class: "status-slot" });
   let emails = new Map([[me.id, me.email]]);
 
@@ -60,15 +61,16 @@ function userList({ signal, me }, { deleted }) {
   }
 
   function createRow() {
-    return h("tr", {}, h("th", { scope: "row" }), ...Array.from({ length: 5 }, () => h("td")));
+    return h("tr", {}, h("th", { scope: "row" }), ...Array.from({ length: 6 }, () => h("td")));
   }
 
   function updateRow(row, user) {
-    const [email, state, role, created, last, actions] = row.children;
+    const [email, state, role, limits, created, last, actions] = row.children;
     row.dataset.email = user.email;
     clear(email, user.email, user.id === me.id ? h("span", { class: "muted" }, " (you)") : null);
     clear(state, badge(user.status));
     role.textContent = user.is_admin ? "admin" : "user";
+    limits.textContent = limitsText(user);
     clear(created, timeAgo(user.created_at));
     clear(last, timeAgo(user.last_login_at));
     actions.className = "actions";
@@ -79,6 +81,7 @@ function userList({ signal, me }, { deleted }) {
     if (user.status === "disabled") actions.append(act("Enable", { status: "approved" }));
     if (user.status !== "disabled") actions.append(act("Disable", { status: "disabled" }, "danger"));
     actions.append(user.is_admin ? act("Demote", { is_admin: false }) : act("Promote", { is_admin: true }));
+    actions.append(limitsButton(user.email, user, `/api/users/${user.id}`, signal, load));
     actions.append(deleteButton(user));
   }
 
@@ -130,7 +133,7 @@ function userList({ signal, me }, { deleted }) {
 
 /** The key table with its create form; admins see every user's keys and their owners. */
 function keyList({ signal, isAdmin }, { emailOf }) {
-  const keys = table("API keys", ["Name", "Key", ...(isAdmin ? ["Owner"] : []), "Models", "Scopes", "Created", "Last used", "Expires", ""]);
+  const keys = table("API keys", ["Name", "Key", ...(isAdmin ? ["Owner"] : []), "Models", "Scopes", "Limits", "Created", "Last used", "Expires", ""]);
   const status = h("div", { class: "status-slot" });
   const reveal = h("div", { class: "key-reveal-slot" });
   const form = keyForm({ signal, status, reveal, created: () => load() });
@@ -140,7 +143,7 @@ function keyList({ signal, isAdmin }, { emailOf }) {
       const found = await api("/api/keys", { signal });
       keys.caption.textContent = `API keys (${found.length})`;
       if (!found.length) {
-        clear(keys.tbody, h("tr", {}, h("td", { colspan: isAdmin ? 9 : 8, class: "empty" }, "No API key yet.")));
+        clear(keys.tbody, h("tr", {}, h("td", { colspan: isAdmin ? 10 : 9, class: "empty" }, "No API key yet.")));
         return;
       }
       syncRows(keys.tbody, found, (k) => k.id, createRow, updateRow);
@@ -150,7 +153,7 @@ function keyList({ signal, isAdmin }, { emailOf }) {
   }
 
   function createRow() {
-    return h("tr", {}, h("th", { scope: "row" }), ...Array.from({ length: isAdmin ? 7 : 6 }, () => h("td")));
+    return h("tr", {}, h("th", { scope: "row" }), ...Array.from({ length: isAdmin ? 8 : 7 }, () => h("td")));
   }
 
   function updateRow(row, key) {
@@ -162,13 +165,14 @@ function keyList({ signal, isAdmin }, { emailOf }) {
       ...(isAdmin ? [emailOf(key.user_id) || `user ${key.user_id}`] : []),
       key.models ? key.models.join(", ") : "all",
       key.scopes.map((scope) => SCOPE_NAMES[scope] || scope).join(", "),
+      limitsText(key),
       timeAgo(key.created_at),
       timeAgo(key.last_used_at),
       key.expires_at ? formatDate(key.expires_at) : "never",
     ];
     cells.forEach((cell, i) => clear(cell, values[i]));
     actions.className = "actions";
-    clear(actions, revokeButton(key));
+    clear(actions, limitsButton(key.name, key, `/api/keys/${key.id}`, signal, load), revokeButton(key));
   }
 
   function revokeButton(key) {
@@ -210,6 +214,7 @@ function keyForm({ signal, status, reveal, created }) {
   const models = h("input", { type: "text", name: "key_models", autocomplete: "off", placeholder: "all" });
   const days = h("input", { type: "number", name: "key_days", min: 1, max: 3650, step: 1, placeholder: "never" });
   const manage = h("input", { type: "checkbox", name: "key_admin_scope" });
+  const limits = limitInputs("key");
   const submit = h("button", { type: "submit", class: "primary" }, "Create key");
   const form = h(
     "form",
@@ -218,6 +223,7 @@ function keyForm({ signal, status, reveal, created }) {
     field("Models", models, "Comma-separated; empty for all"),
     field("Expires in (days)", days),
     field("Also /api", manage, "Off: the key calls /v1 only. On: also the management API, as its owner"),
+    ...limits.fields,
     h("div", { class: "field submit" }, submit),
   );
   form.addEventListener("submit", (event) => {
@@ -233,10 +239,12 @@ function keyForm({ signal, status, reveal, created }) {
       const only = models.value.split(",").map((m) => m.trim()).filter(Boolean);
       if (only.length) body.models = only;
       if (days.value) body.expires_in_days = Math.trunc(Number(days.value));
+      for (const [limit, value] of Object.entries(limits.values())) if (value !== null) body[limit] = value;
       try {
         const key = await api("/api/keys", { method: "POST", body, signal });
         name.value = models.value = days.value = "";
         manage.checked = false;
+        limits.reset();
         revealKey(reveal, key, () => name.focus());
         await created();
       } catch (error) {
@@ -277,6 +285,93 @@ function revealKey(slot, created, done) {
   value.select();
 }
 
+// ---- limits -------------------------------------------------------------------------------
+
+const LIMIT_NUMBERS = [
+  ["rpm", "Requests/min", 1_000_000],
+  ["tpm", "Tokens/min", 1e12],
+  ["token_budget", "Token budget", 1e15],
+];
+
+/** A key's or user's limits in brief: "5 rpm · 10,000 tpm · 1,000,000 tokens/month" or "none". */
+function limitsText(row) {
+  const parts = [];
+  if (row.rpm != null) parts.push(`${formatNumber(row.rpm)} rpm`);
+  if (row.tpm != null) parts.push(`${formatNumber(row.tpm)} tpm`);
+  if (row.token_budget != null) parts.push(`${formatNumber(row.token_budget)} tokens/${row.budget_period}`);
+  return parts.length ? parts.join(" · ") : "none";
+}
+
+/** The limit inputs (empty = no limit): `fields` to show, `values()` for the API (null = none). */
+function limitInputs(prefix, current = {}) {
+  const inputs = {};
+  const fields = LIMIT_NUMBERS.map(([name, label, max]) => {
+    inputs[name] = h("input", { type: "number", name: `${prefix}_${name}`, min: 1, max, step: 1, placeholder: "none", value: current[name] ?? "" });
+    return field(label, inputs[name]);
+  });
+  const period = h("select", { name: `${prefix}_budget_period` }, h("option", { value: "month" }, "per month (UTC)"), h("option", { value: "day" }, "per day (UTC)"));
+  period.value = current.budget_period || "month";
+  fields.push(field("Budget window", period));
+  function values() {
+    const out = {};
+    for (const [name] of LIMIT_NUMBERS) out[name] = inputs[name].value ? Math.trunc(Number(inputs[name].value)) : null;
+    out.budget_period = out.token_budget === null ? null : period.value;
+    return out;
+  }
+  function reset() {
+    for (const [name] of LIMIT_NUMBERS) inputs[name].value = "";
+    period.value = "month";
+  }
+  return { fields, values, reset };
+}
+
+/** A "Limits" button opening the limits dialog for `row` (a key or a user), saved by PATCH. */
+function limitsButton(label, row, path, signal, saved) {
+  const button = h("button", { type: "button", class: "small", "aria-label": `Limits of ${label}` }, "Limits");
+  button.addEventListener("click", async () => {
+    const values = await limitsDialog(`Limits of ${label}`, row);
+    if (!values) return;
+    await busy(button, async () => {
+      try {
+        await api(path, { method: "PATCH", body: values, signal });
+        notify(`${label}: limits saved`, "success");
+        await saved();
+      } catch (error) {
+        if (error.name !== "AbortError") notify(error.message, "error");
+      }
+    });
+  });
+  return button;
+}
+
+/** A modal form for rpm, tpm and the token budget; resolves the values, or null if cancelled. */
+function limitsDialog(title, current) {
+  return new Promise((resolve) => {
+    const inputs = limitInputs("limits", current);
+    const titleId = `limits-title-${Math.random().toString(36).slice(2)}`;
+    const form = h(
+      "form",
+      { method: "dialog" },
+      h("h2", { id: titleId }, title),
+      h("p", { class: "muted" }, "Empty means no limit. A key is also held to its owner's limits; over a limit, /v1 answers 429."),
+      h("div", { class: "inline-form" }, inputs.fields),
+      h(
+        "div",
+        { class: "actions" },
+        h("button", { value: "cancel", class: "secondary", formnovalidate: true }, "Cancel"),
+        h("button", { value: "save", class: "primary" }, "Save limits"),
+      ),
+    );
+    const dialog = h("dialog", { class: "confirm", "aria-labelledby": titleId }, form);
+    dialog.addEventListener("close", () => {
+      resolve(dialog.returnValue === "save" ? inputs.values() : null);
+      dialog.remove();
+    });
+    document.body.append(dialog);
+    dialog.showModal();
+  });
+}
+
 // ---- usage --------------------------------------------------------------------------------
 
 /** Requests and tokens by user (admins) and by model over a chosen period. */
@@ -287,6 +382,7 @@ function usageReport({ signal, isAdmin }) {
   const headers = ["#Requests", "#Prompt tokens", "#Completion tokens", "#Total tokens", "#Avg latency", "#Errors"];
   const byUser = table("By user", ["User", ...headers]);
   const byModel = table("By model", ["Model", ...headers]);
+  const limitsNow = table("Limits now", ["Who", "Requests this minute", "Tokens this minute", "Token budget used"]);
   period.addEventListener("change", load);
 
   let current = null;
@@ -304,6 +400,7 @@ function usageReport({ signal, isAdmin }) {
       const models = await api(`/api/usage${query({ group_by: "model", since })}`, options);
       fillUsage(byUser, users.groups, (g) => g.user ?? "(deleted user)");
       fillUsage(byModel, models.groups, (g) => g.model ?? "(no model)");
+      fillLimits(limitsNow, models.limits || []);
       clear(status);
     } catch (error) {
       if (error.name !== "AbortError") clear(status, messageBox(error.message));
@@ -316,6 +413,7 @@ function usageReport({ signal, isAdmin }) {
     h("div", { class: "section-head" }, h("h2", { id: "usage-title" }, "Usage"), field("Period", period)),
     status,
     h("div", { class: "usage-grid" }, isAdmin ? byUser.table : null, byModel.table),
+    limitsNow.table,
   );
   return { section, load };
 }
@@ -336,6 +434,23 @@ function fillUsage(target, groups, label) {
         h("td", { class: "num" }, `${Math.round(g.avg_latency_ms)} ms`),
         h("td", { class: "num" }, formatNumber(g.errors)),
       ),
+    );
+  }
+}
+
+/** Each limited key and user with what its current windows hold ("3 / 5"), or "-" if unset. */
+function fillLimits(target, entries) {
+  clear(target.tbody);
+  if (!entries.length) {
+    target.tbody.append(h("tr", {}, h("td", { colspan: 4, class: "empty" }, "No key or user has limits.")));
+    return;
+  }
+  const used = (w) => (w ? `${formatNumber(w.used)} / ${formatNumber(w.limit)}` : "-");
+  for (const e of entries) {
+    const who = e.subject === "key" ? `key ${e.name} (${e.email})` : e.email;
+    const budget = e.token_budget ? `${used(e.token_budget)} this ${e.token_budget.period}` : "-";
+    target.tbody.append(
+      h("tr", {}, h("th", { scope: "row" }, who), h("td", { class: "num" }, used(e.rpm)), h("td", { class: "num" }, used(e.tpm)), h("td", { class: "num" }, budget)),
     );
   }
 }
