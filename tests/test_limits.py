@@ -13,6 +13,7 @@ import asyncio
 import json
 import time
 from collections import Counter
+from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -53,6 +54,7 @@ from tests.support.env import (
     wait_until,
 )
 from tests.support.gateway_process import GatewayProcess, serve_environment
+from tests.support.postgres import PostgresServer, find_bindir
 from tests.test_layering import GATEWAY, impure, pure_module_imports
 
 # 2026-03-31 23:59:30 UTC: the last half-minute of a day and of a month.
@@ -568,3 +570,37 @@ async def test_three_replicas_admit_exactly_the_limit_together(tmp_path: Path, p
     finally:
         for gateway in replicas:
             gateway.terminate()
+
+
+# ---- a PostgreSQL outage ---------------------------------------------------------------------
+
+
+@pytest.fixture
+async def private_postgres() -> AsyncIterator[PostgresServer]:
+    """A PostgreSQL server of this test's own, free to be stopped."""
+    server = PostgresServer(find_bindir())
+    try:
+        await asyncio.to_thread(server.start)
+        yield server
+    finally:
+        await asyncio.to_thread(server.stop)
+
+
+async def test_while_postgresql_is_down_each_replica_counts_on_its_own(
+    tmp_path: Path, private_postgres: PostgresServer, caplog: pytest.LogCaptureFixture
+):
+    url = private_postgres.url(await private_postgres.create_database())
+    async with gateway_env(tmp_path, env_settings(tmp_path, database_url=url)) as env:
+        await env.add_stub("m", quiet=True)
+        key = await env.new_key(rpm=3)
+        await clear_of_minute_end(20)
+        first = await env.post("/v1/chat/completions", chat_body("m"), token=key.secret)
+        assert first.status_code == 200, first.text  # counted in PostgreSQL; login cached
+        await asyncio.to_thread(private_postgres.halt)
+        try:
+            # Limits still hold, per replica: this one counts from zero in its own memory.
+            responses = await burst(env, key.secret, 5)
+            assert Counter(r.status_code for r in responses) == {200: 3, 429: 2}
+            assert "counting in this gateway only" in caplog.text
+        finally:
+            await asyncio.to_thread(private_postgres.restart)
