@@ -198,6 +198,11 @@ class Download(SQLModel, table=True):
 
     id: int | None = Field(default=None, primary_key=True)
     model_id: str = Field(max_length=300, index=True)
+    # The machine whose HF cache it fills: replicas share the table, but files are local, so
+    # each gateway lists, resumes and cancels only its own machine's downloads.
+    host: str = Field(
+        default="", sa_column=Column(String(255), nullable=False, server_default="", index=True)
+    )
     revision: str | None = None
     # The commit `revision` resolved to when the download began: a resume continues that very
     # commit (its partial files), even if the branch has moved on since.

@@ -25,6 +25,7 @@ import asyncio
 import contextlib
 import logging
 import math
+import socket
 import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
@@ -114,6 +115,7 @@ def download_json(record: Download, active: _Active | None = None) -> dict[str, 
     return {
         "id": record.id,
         "model_id": record.model_id,
+        "host": record.host or None,
         "revision": record.revision,
         "commit_sha": record.commit_sha,
         "status": record.status,
@@ -145,11 +147,13 @@ class DownloadManager:
         *,
         retry_base_seconds: float = RETRY_BASE_SECONDS,
         free_bytes: Callable[[Path], int] = free_bytes,
+        host: str | None = None,
     ) -> None:
         """`retry_base_seconds` (the first pause before a failed transfer resumes) and
         `free_bytes` (how free disk space is measured) are seams for tests: a quick retry
         after many cut connections, a full disk."""
         self.settings = settings
+        self.host = host or socket.gethostname()  # whose downloads these are (replicas)
         self._retry_base_seconds = retry_base_seconds
         self._free_bytes = free_bytes
         self.cache = cache
@@ -169,7 +173,7 @@ class DownloadManager:
     async def open(self) -> None:
         """Resume what a stopped (or killed) gateway left unfinished, then clean stale partials."""
         async with self._sessions() as session:
-            rows = await store.downloads.list_downloads(session, statuses=UNFINISHED)
+            rows = await store.downloads.list_downloads(session, self.host, statuses=UNFINISHED)
         for record in rows:
             if self.settings.offline_mode:
                 record.error = "waiting: " + OFFLINE_MESSAGE
@@ -196,7 +200,9 @@ class DownloadManager:
 
     async def _owned_partials(self) -> list[Path]:
         async with self._sessions() as session:
-            rows = await store.downloads.list_downloads(session, statuses=(*UNFINISHED, "failed"))
+            rows = await store.downloads.list_downloads(
+                session, self.host, statuses=(*UNFINISHED, "failed")
+            )
 
         def find() -> list[Path]:
             paths: list[Path] = []
@@ -250,6 +256,7 @@ class DownloadManager:
         await asyncio.to_thread(check_free_space, plan, self.cache, self._free_bytes)
         record = Download(
             model_id=plan.repo_id,
+            host=self.host,
             revision=revision,
             commit_sha=plan.commit,
             status="pending",
@@ -297,7 +304,7 @@ class DownloadManager:
 
     async def views(self) -> list[dict[str, Any]]:
         async with self._sessions() as session:
-            rows = await store.downloads.list_downloads(session)
+            rows = await store.downloads.list_downloads(session, self.host)
         views = []
         for row in rows:
             active = self._active.get(row.id) if row.id is not None else None
@@ -331,7 +338,7 @@ class DownloadManager:
 
     async def _load(self, download_id: int) -> Download:
         async with self._sessions() as session:
-            record = await store.downloads.get_download(session, download_id)
+            record = await store.downloads.get_download(session, download_id, self.host)
         if record is None:
             raise NotFound(f"no download with id {download_id}", code="download_not_found")
         return record

@@ -24,15 +24,20 @@ async def add_download(session: AsyncSession, record: Download) -> Download:
     return record
 
 
-async def get_download(session: AsyncSession, download_id: int) -> Download | None:
-    return await session.get(Download, download_id)
+async def get_download(session: AsyncSession, download_id: int, host: str) -> Download | None:
+    """The download, if it belongs to `host` (or was made before downloads said where)."""
+    row = await session.get(Download, download_id)
+    return row if row is not None and row.host in ("", host) else None
 
 
 async def list_downloads(
-    session: AsyncSession, *, statuses: Iterable[str] | None = None
+    session: AsyncSession, host: str, *, statuses: Iterable[str] | None = None
 ) -> list[Download]:
-    """Newest first; only those in `statuses` when given."""
-    query = select(Download).order_by(col(Download.id).desc())
+    """`host`'s downloads (and those made before downloads said where), newest first; only
+    those in `statuses` when given."""
+    query = (
+        select(Download).where(col(Download.host).in_(("", host))).order_by(col(Download.id).desc())
+    )
     if statuses is not None:
         query = query.where(col(Download.status).in_(tuple(statuses)))
     return list((await session.exec(query)).all())

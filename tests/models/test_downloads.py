@@ -14,7 +14,9 @@ import httpx
 import pytest
 from huggingface_hub import scan_cache_dir, snapshot_download
 
+from gateway.db import create_engine, session_factory
 from gateway.settings import Settings
+from gateway.tables import Download
 from tests.conftest import bearer, login, register_and_login
 from tests.models.conftest import wait_for_download
 from tests.support.gateway import running_gateway
@@ -366,3 +368,41 @@ async def test_graceful_restart_keeps_and_resumes_the_download(
             assert ranges[etag] == f"bytes={size}-"
     snapshot = Path(snapshot_download(BIG, cache_dir=cache_dir, local_files_only=True))
     assert_matches_source(hub_root, snapshot, BIG)
+
+
+@pytest.mark.both_databases
+async def test_another_machines_download_is_left_to_it(
+    hub: EmulatorProcess, settings: Settings
+) -> None:
+    """Replicas share the downloads table but not their disks: a row another machine is
+    filling is not listed, resumed, read or cancelled here; a row from before rows said where
+    (host '') still is this machine's."""
+    async with running_gateway(settings) as gateway, httpx.AsyncClient(base_url=gateway.url) as c:
+        await register_and_login(c, "admin@example.com", "admin-password")
+    engine = create_engine(settings.sqlalchemy_url)
+    try:
+        async with session_factory(engine)() as session:
+            theirs = Download(model_id=BIG, host="other-mac", status="downloading", bytes_done=7)
+            legacy = Download(model_id=TINY, host="", status="failed", error="old")
+            for row in (theirs, legacy):
+                session.add(row)
+            await session.commit()
+            ids = {"theirs": theirs.id, "legacy": legacy.id}
+    finally:
+        await engine.dispose()
+    async with running_gateway(settings) as gateway, httpx.AsyncClient(base_url=gateway.url) as c:
+        token = await login(c, "admin@example.com", "admin-password")
+        listed = (await c.get("/api/downloads", headers=bearer(token))).json()
+        assert [d["id"] for d in listed] == [ids["legacy"]]
+        url = f"/api/downloads/{ids['theirs']}"
+        assert (await c.get(url, headers=bearer(token))).status_code == 404
+        assert (await c.delete(url, headers=bearer(token))).status_code == 404
+    assert hub.file_requests() == []  # nothing was resumed for the other machine
+    engine = create_engine(settings.sqlalchemy_url)
+    try:
+        async with session_factory(engine)() as session:
+            stored = await session.get(Download, ids["theirs"])
+            assert stored is not None
+            assert (stored.status, stored.bytes_done) == ("downloading", 7)
+    finally:
+        await engine.dispose()
