@@ -55,6 +55,13 @@ class Gateway:
         engine = create_engine(settings.sqlalchemy_url)
         await migrate(engine)
         sessions = session_factory(engine)
+        async with sessions() as session:
+            if not await store.replicas.record_secret(session, secret):
+                log.warning(
+                    "this gateway's JWT secret differs from the one the gateway that last "
+                    "started on this database signs with: sign-ins made there (or before a "
+                    "rotation) are refused here. Replicas must share MLX_MANAGER_JWT_SECRET"
+                )
         servers = ServerManager(settings, sessions)
         await servers.open()
         usage = UsageRecorder(sessions)

@@ -580,3 +580,30 @@ async def test_a_postgresql_outage_keeps_cached_logins_and_ready_says_degraded(
         assert await _status(http, gateway, unused_key, "/v1/models") == 200
         assert await _status(http, gateway, bob.token, "/v1/models") == 200
     assert "database unreachable" in a.log.read_text()
+
+
+# ---- replicas must share the JWT secret ---------------------------------------------------------
+
+
+async def test_a_replica_with_another_jwt_secret_is_warned_about(
+    tmp_path: Path, postgres_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A replica left with its own generated secret refuses every other replica's sign-ins
+    (a bare 401): its start says why, once, and the next start with the same secret is quiet."""
+    from tests.conftest import make_settings
+    from tests.support.gateway import running_gateway
+
+    first = make_settings(tmp_path / "a", database_url=postgres_url, jwt_secret="a" * 40)
+    other = make_settings(tmp_path / "b", database_url=postgres_url, jwt_secret="b" * 40)
+    warning = "Replicas must share MLX_MANAGER_JWT_SECRET"
+    secrets.SEEN.update({"a" * 40, "b" * 40})
+    async with running_gateway(first), running_gateway(first):
+        pass
+    assert warning not in caplog.text
+    async with running_gateway(other):
+        pass
+    assert caplog.text.count(warning) == 1
+    caplog.clear()
+    async with running_gateway(other):
+        pass
+    assert warning not in caplog.text

@@ -15,6 +15,7 @@ hands connections out per query cannot promise.
 from __future__ import annotations
 
 import asyncio
+import hmac
 import inspect
 import json
 import logging
@@ -28,6 +29,8 @@ from sqlalchemy import exc as sa_exc
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 from sqlmodel.ext.asyncio.session import AsyncSession
+
+from gateway.tables import Setting
 
 log = logging.getLogger("mlx_manager.database")
 
@@ -188,3 +191,27 @@ def describe(exc: BaseException) -> str:
         exc = exc.orig
     text_ = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
     return f"{type(exc).__name__}: {text_}" if text_ else type(exc).__name__
+
+
+SECRET_FINGERPRINT_KEY = "jwt_secret_fingerprint"
+
+
+async def record_secret(session: AsyncSession, secret: str) -> bool:
+    """Record which JWT secret the gateway starting now signs with; False when the gateway
+    that started before it on this database used another one.
+
+    Replicas must share the secret (each verifies tokens the others signed), and a replica
+    left with its own generated secret refuses every other replica's sign-ins: a 401 with no
+    clue why. The fingerprint is an HMAC of a fixed label under the secret, so the stored
+    value says nothing about the secret itself.
+    """
+    fingerprint = hmac.new(secret.encode(), b"mlx-manager jwt secret", "sha256").hexdigest()
+    row = await session.get(Setting, SECRET_FINGERPRINT_KEY)
+    same = row is None or hmac.compare_digest(row.value, fingerprint)
+    if row is None:
+        session.add(Setting(key=SECRET_FINGERPRINT_KEY, value=fingerprint))
+    elif not same:
+        row.value = fingerprint
+        session.add(row)
+    await session.commit()
+    return same
