@@ -23,6 +23,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections.abc import Callable
 from typing import Any
 
 from gateway import store
@@ -41,12 +42,16 @@ class RevocationListener:
         connect_args: dict[str, Any],
         authenticator: Authenticator,
         *,
+        profiles_changed: Callable[[int | None], None] | None = None,
         ping_interval: float,
         ping_timeout: float,
         reconnect_max: float,
     ) -> None:
         self._connect_args = connect_args
         self._authenticator = authenticator
+        # Another replica saved or deleted profile id (None: reload them all, notices may
+        # have been missed while not listening).
+        self._profiles_changed = profiles_changed or (lambda _profile_id: None)
         self._ping_interval = ping_interval
         self._ping_timeout = ping_timeout
         self._reconnect_max = reconnect_max
@@ -99,6 +104,7 @@ class RevocationListener:
         """LISTEN is in place: from now on every revocation reaches `_on_notify`. What was
         announced before it is unknown, so the whole cache goes, then long TTLs may start."""
         self._authenticator.forget_all()
+        self._profiles_changed(None)  # profile notices may have been missed too
         self._authenticator.listening = True
         self.connected = True
         self.problem = None
@@ -143,6 +149,10 @@ class RevocationListener:
                 self._authenticator.forget_user(user_id)
             case ("key", key_id):
                 self._authenticator.forget_key(key_id)
+            case ("profile", profile_id):
+                self._profiles_changed(profile_id)
+            case ("echo", _):
+                pass  # this gateway's own profile change: its manager has it already
             case _:
                 log.warning("unknown revocation notice %r: flushing the auth cache", payload)
                 self._authenticator.forget_all()

@@ -82,6 +82,7 @@ class Gateway:
             revocations = RevocationListener(
                 store.replicas.listener_connect_args(engine),
                 authenticator,
+                profiles_changed=servers.profile_changed_elsewhere,
                 ping_interval=settings.revocation_ping_interval,
                 ping_timeout=settings.ready_timeout,
                 reconnect_max=settings.revocation_reconnect_max,

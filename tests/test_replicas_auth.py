@@ -36,6 +36,7 @@ from gateway.settings import SettingsError, load_settings
 from gateway.tokens import issue_access_token
 from tests.conftest import bearer
 from tests.support import secrets
+from tests.support.env import process_gone, stub_command
 from tests.support.gateway_process import GatewayProcess, serve_environment
 from tests.support.postgres import PostgresServer, find_bindir
 from tests.support.waiting import wait_until
@@ -607,3 +608,51 @@ async def test_a_replica_with_another_jwt_secret_is_warned_about(
     async with running_gateway(other):
         pass
     assert warning not in caplog.text
+
+
+# ---- profiles saved on one replica are served by all -------------------------------------------
+
+
+async def test_a_profile_saved_on_one_replica_is_served_by_the_others(
+    tmp_path: Path, postgres_url: str, replicas_on: Callable[[Path, str], Replicas], http
+) -> None:
+    """Each replica keeps the profiles in memory (the proxy reads no database per request):
+    a profile made, changed or deleted on A is announced like a revocation, and B takes it."""
+    replicas = replicas_on(tmp_path, postgres_url)
+    a = await replicas.start()
+    b = await replicas.start()
+    admin = await _admin(http, a)
+    chat = {"messages": [{"role": "user", "content": "hi"}]}
+
+    async def chat_status(gateway: GatewayProcess, model: str) -> int:
+        response = await http.post(
+            f"{gateway.url}/v1/chat/completions", json={"model": model, **chat}, headers=admin
+        )
+        return response.status_code
+
+    async def answers(gateway: GatewayProcess, model: str, status: int) -> bool:
+        return await chat_status(gateway, model) == status
+
+    assert await chat_status(b, "shared") == 404  # B knows no such profile yet
+    body = {"name": "shared", "command": stub_command()}
+    created = await http.post(f"{a.url}/api/profiles", json=body, headers=admin)
+    assert created.status_code == 201, created.text
+    profile_id = created.json()["id"]
+    await wait_until(lambda: answers(b, "shared", 200), message="B serves the new profile")
+    servers = (await http.get(f"{b.url}/api/servers", headers=admin)).json()
+    assert [(s["name"], s["state"]) for s in servers] == [("shared", "ready")]
+    pid = servers[0]["pid"]
+
+    # A change that needs no restart (an alias): B serves the alias with the same process.
+    url = f"{a.url}/api/profiles/{profile_id}"
+    response = await http.patch(url, json={"aliases": ["also-shared"]}, headers=admin)
+    assert response.status_code == 200, response.text
+    await wait_until(lambda: answers(b, "also-shared", 200), message="B serves the alias")
+    servers = (await http.get(f"{b.url}/api/servers", headers=admin)).json()
+    assert servers[0]["pid"] == pid
+
+    # Deleted on A: B stops its server and no longer knows the name.
+    assert (await http.delete(url, headers=admin)).status_code == 204
+    await wait_until(lambda: answers(b, "shared", 404), message="B forgot the profile")
+    assert (await http.get(f"{b.url}/api/servers", headers=admin)).json() == []
+    await wait_until(lambda: process_gone(pid), message="B's server stopped")

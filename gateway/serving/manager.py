@@ -90,6 +90,7 @@ class ServerManager:
         self._sessions = sessions
         self._registry = Registry()
         self._changed = Notifier()
+        self._profile_sync = asyncio.Lock()  # one reload from the database at a time
         self._probe = BackendProbe(settings)
         self._http = httpx.AsyncClient(timeout=5.0, trust_env=False)
         self._background: set[asyncio.Task[Any]] = set()
@@ -164,6 +165,44 @@ class ServerManager:
         self._registry.reindex()
         if was_running:
             self._spawn_background(self._start_quietly(server))
+
+    async def reload_profile(self, profile_id: int) -> None:
+        """Take a profile as the database has it now: another replica made, changed or
+        deleted it (its notice said so). Changes apply as if made here: a running server
+        restarts only for a launch field, a deleted profile's server stops."""
+        async with self._profile_sync:
+            async with self._sessions() as session:
+                profile = await store.profiles.get_profile(session, profile_id)
+            await self._take(profile_id, profile)
+
+    def profile_changed_elsewhere(self, profile_id: int | None = None) -> None:
+        """A notice from another replica (None: maybe several were missed): reload in the
+        background, never blocking the listener that heard it."""
+        work = self.sync_profiles() if profile_id is None else self.reload_profile(profile_id)
+        self._spawn_background(work)
+
+    async def sync_profiles(self) -> None:
+        """Take every profile as the database has it: after notices may have been missed (the
+        listener reconnected), so this replica ends with exactly the shared set."""
+        async with self._profile_sync:
+            async with self._sessions() as session:
+                profiles = {p.id: p for p in await store.profiles.list_profiles(session)}
+            known = {server.profile_id for server in self.servers()}
+            for profile_id in known | set(profiles):
+                if profile_id is not None:
+                    await self._take(profile_id, profiles.get(profile_id))
+
+    async def _take(self, profile_id: int, profile: ServerProfile | None) -> None:
+        current = self.get(profile_id)
+        if profile is None:
+            if current is not None:
+                await self.remove_profile(profile_id)
+        elif current is None:
+            await self.add_profile(profile)
+        elif current.profile.updated_at != profile.updated_at or launch_changed(
+            current.profile, profile
+        ):
+            await self.update_profile(profile)
 
     async def remove_profile(self, profile_id: int) -> None:
         server = self._registry.remove(profile_id)

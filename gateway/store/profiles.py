@@ -7,6 +7,7 @@ from sqlmodel import select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
 from gateway.errors import Conflict
+from gateway.store import replicas
 from gateway.tables import ServerProfile
 from gateway.types import utcnow
 
@@ -41,11 +42,16 @@ async def delete_profile(session: AsyncSession, profile_id: int) -> None:
     profile = await session.get(ServerProfile, profile_id)
     if profile is not None:
         await session.delete(profile)
+        await replicas.notify_profile(session, profile_id)
         await session.commit()
 
 
 async def _commit(session: AsyncSession, profile: ServerProfile) -> None:
+    """Commit the profile and, in the same transaction, tell the other replicas about it."""
     try:
+        await session.flush()  # the id of a new profile, for the notice
+        assert profile.id is not None
+        await replicas.notify_profile(session, profile.id)
         await session.commit()
     except IntegrityError as exc:
         await session.rollback()

@@ -55,7 +55,18 @@ async def notify_key(session: AsyncSession, key_id: int) -> None:
     await _notify(session, {"key": key_id})
 
 
-async def _notify(session: AsyncSession, payload: dict[str, int]) -> None:
+async def notify_profile(session: AsyncSession, profile_id: int) -> None:
+    """Tell the other replicas to reload profile `profile_id` (made, changed or deleted) at
+    commit, so a profile saved on one replica is served by all. Marked with this process, whose
+    own manager already has the change."""
+    await _notify(session, {"profile": profile_id, "from": ORIGIN})
+
+
+# Who sent a notice: a gateway ignores its own profile notices.
+ORIGIN = f"{os.getpid()}@{socket.gethostname()}"
+
+
+async def _notify(session: AsyncSession, payload: dict[str, int | str]) -> None:
     connection = await session.connection()
     if connection.dialect.name != "postgresql":
         return
@@ -66,12 +77,18 @@ async def _notify(session: AsyncSession, payload: dict[str, int]) -> None:
 
 
 def parse_payload(payload: str) -> tuple[str, int] | None:
-    """("user", id) or ("key", id) from a notification; None when it is neither (a listener
-    then drops everything: unknown news is treated as the worst news)."""
+    """("user", id), ("key", id) or ("profile", id) from a notification, ("echo", id) for this
+    process's own profile notice; None when it is none of these (a listener then drops every
+    cached login: unknown news is treated as the worst news)."""
     try:
         data = json.loads(payload)
     except ValueError:
         return None
+    if isinstance(data, dict) and set(data) == {"profile", "from"}:
+        profile_id = data["profile"]
+        if not isinstance(profile_id, int) or isinstance(profile_id, bool):
+            return None
+        return ("echo" if data["from"] == ORIGIN else "profile"), profile_id
     if not isinstance(data, dict) or len(data) != 1:
         return None
     ((kind, value),) = data.items()
