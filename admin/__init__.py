@@ -5,7 +5,19 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from admin import auth, downloads, keys, models, profiles, servers, system, ui, usage, users
+from admin import (
+    auth,
+    downloads,
+    keys,
+    models,
+    nodes,
+    profiles,
+    servers,
+    system,
+    ui,
+    usage,
+    users,
+)
 from admin.state import AdminState
 from gateway.app import ControlPlane
 
@@ -20,6 +32,7 @@ def control_plane(download_options: Mapping[str, Any] | None = None) -> ControlP
             *keys.routes,
             *profiles.routes,
             *servers.routes,
+            *nodes.routes,
             *usage.routes,
             *models.routes,
             *downloads.routes,

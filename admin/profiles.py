@@ -31,6 +31,10 @@ from gateway.types import ModelType, iso_utc
 
 MASK = "***"  # what an env value reads as to anyone but an admin signed in with a password
 Name = Annotated[str, Field(min_length=1, max_length=200, pattern=r"^[A-Za-z0-9][\w.:/@+-]*$")]
+# A node's name (MLX_MANAGER_NODE_NAME), or "*" for any node.
+NodeName = Annotated[
+    str, Field(min_length=1, max_length=200, pattern=r"^(\*|[A-Za-z0-9][\w.:@+-]*)$")
+]
 
 
 class ProfileFields(Strict):
@@ -54,6 +58,17 @@ class ProfileFields(Strict):
     port: int | None = Field(default=None, ge=1024, le=65535)
     command: list[str] | None = Field(default=None, min_length=1, max_length=200)
     health_path: str = Field(default="/health", pattern=r"^/\S*$", max_length=200)
+    # None = this machine; node names = on those nodes (`mlx-manager node`); ["*"] = any node.
+    nodes: list[NodeName] | None = Field(default=None, min_length=1, max_length=100)
+
+    @field_validator("nodes")
+    @classmethod
+    def _node_names(cls, value: list[str] | None) -> list[str] | None:
+        if value is not None and "*" in value and len(value) > 1:
+            raise ValueError('"*" (any node) stands alone')
+        if value is not None and len(set(value)) != len(value):
+            raise ValueError("node names must differ")
+        return value
 
     @field_validator("env")
     @classmethod
@@ -210,6 +225,8 @@ async def _validate(gateway: Gateway, profile: ServerProfile) -> None:
         raise Unprocessable(
             "model_path is required unless the profile has a command", param="model_path"
         )
+    if profile.nodes is not None:
+        return  # on nodes: the model is on their disks, checked when a node starts it
     folder = await asyncio.to_thread(
         resolve_model_folder, profile.model_path, gateway.settings.hf_cache_path
     )

@@ -7,14 +7,15 @@ import json
 import os
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
 from gateway.auth import require_admin, require_user
-from gateway.errors import NotFound
-from gateway.runtime import gateway_of
+from gateway.errors import Conflict, NotFound
+from gateway.runtime import Gateway, gateway_of
 from gateway.serving.logfiles import tail
 from gateway.serving.manager import ManagedServer
 from gateway.sse import SSE_HEADERS, until_stopping
@@ -25,23 +26,57 @@ MAX_TAIL = 10_000
 
 async def list_servers(request: Request) -> Response:
     await require_user(request)
-    manager = gateway_of(request).servers
-    await manager.measure_all()
-    return JSONResponse([s.to_json() for s in manager.servers()])
+    gateway = gateway_of(request)
+    await gateway.servers.measure_all()
+    servers = gateway.servers.servers()
+    return JSONResponse([entry for server in servers for entry in _entries(gateway, server)])
 
 
 async def get_server(request: Request) -> Response:
     await require_user(request)
+    gateway = gateway_of(request)
     server = server_of(request)
-    await gateway_of(request).servers.measure(server)
-    return JSONResponse(server.to_json())
+    await gateway.servers.measure(server)
+    return JSONResponse(_entries(gateway, server)[0])
+
+
+def _entries(gateway: Gateway, server: ManagedServer) -> list[dict[str, Any]]:
+    """A local profile's server (`node`: "local"); a profile on nodes: one entry per node
+    running it, from their heartbeats, or one stopped entry (`node`: null) if none does."""
+    if server.profile.nodes is None:
+        return [{**server.to_json(), "node": "local"}]
+    base = {**server.to_json(), "pid": None, "port": None, "node": None}
+    entries = [
+        {
+            **base,
+            "state": report.get("state", "stopped"),
+            "inflight": report.get("in_flight", 0),
+            "queued": report.get("queued", 0),
+            "memory_bytes": report.get("memory_bytes", 0),
+            "node": node,
+        }
+        for node, report in gateway.fleet.servers_of(server.name)
+    ]
+    return entries or [{**base, "state": "stopped", "inflight": 0, "memory_bytes": 0}]
+
+
+def local_server_of(request: Request) -> ManagedServer:
+    """`server_of`, refusing a profile that runs on nodes (they start and stop it on demand)."""
+    server = server_of(request)
+    if server.profile.nodes is not None:
+        raise Conflict(
+            f"profile {server.name!r} runs on nodes ({', '.join(server.profile.nodes)}), which "
+            "start it on demand and stop it when idle; it is not started or stopped here",
+            code="runs_on_nodes",
+        )
+    return server
 
 
 async def start_server(request: Request) -> Response:
     """Waits until ready; a failure answers 503 with the server's log tail."""
     await require_admin(request)
     manager = gateway_of(request).servers
-    server = server_of(request)
+    server = local_server_of(request)
     await manager.start(server)
     await manager.measure(server)
     return JSONResponse(server.to_json())
@@ -49,7 +84,7 @@ async def start_server(request: Request) -> Response:
 
 async def stop_server(request: Request) -> Response:
     await require_admin(request)
-    server = server_of(request)
+    server = local_server_of(request)
     await gateway_of(request).servers.stop(server, reason="stopped by an admin")
     return JSONResponse(server.to_json())
 
@@ -57,7 +92,7 @@ async def stop_server(request: Request) -> Response:
 async def restart_server(request: Request) -> Response:
     await require_admin(request)
     manager = gateway_of(request).servers
-    server = server_of(request)
+    server = local_server_of(request)
     await manager.restart(server)
     await manager.measure(server)
     return JSONResponse(server.to_json())

@@ -15,9 +15,10 @@ import asyncio
 import contextlib
 import json
 import logging
+import math
 import time
 import weakref
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from typing import Any, TypeVar
 
 import aiohttp
@@ -37,9 +38,12 @@ from gateway.errors import (
     Forbidden,
     GatewayError,
     NotFound,
+    ServiceUnavailable,
     error_response,
+    openai_error_body,
     openai_error_response,
 )
+from gateway.fleet.registry import KnownNode
 from gateway.http import parse_json, read_body
 from gateway.limiter import refusal
 from gateway.request_id import request_id_of
@@ -112,6 +116,14 @@ class UnsupportedEndpoint(NotFound):
     code = "unsupported_endpoint"
 
 
+class NoNodeAvailable(ServiceUnavailable):
+    code = "no_node_available"
+
+
+class NodeUnreachable(Exception):
+    """A node could not be reached before any byte of its answer: try another node."""
+
+
 # The POST endpoints each server declares (its OpenAPI document), read at most once per start:
 # server -> (the process it was read from, the endpoints, or None when it has no such document).
 _DECLARED: weakref.WeakKeyDictionary[ManagedServer, tuple[object, frozenset[str] | None]] = (
@@ -165,7 +177,7 @@ class ProxyEndpoint:
             body = await read_body(request, gateway.settings.max_body_bytes)
             content_type = request.headers.get("content-type", "")
             limit = gateway.settings.max_model_name_bytes
-            model, body = await _route_fields(scope, content_type, body, limit)
+            model, body = await route_fields(scope, content_type, body, limit)
             tap.model = model
             server = await _resolve_or_create(gateway, principal, model)
             tap.profile = server.name
@@ -183,38 +195,48 @@ class ProxyEndpoint:
         except GatewayError as exc:
             await error_response(exc, openai_shape=True)(scope, receive, send)
             return
-        # From here on the client may leave at any moment: race the work against that.
-        work = asyncio.ensure_future(self._serve(gateway, scope, receive, send, server, body))
-        gone = asyncio.ensure_future(_wait_for_disconnect(receive))
-        try:
-            await asyncio.wait({work, gone}, return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            if not work.done():
-                work.cancel()  # closes the upstream request; releases the server
-            gone.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await work
+        if server.profile.nodes is not None:  # runs on other machines (gateway/fleet)
+            work = serve_on_node(gateway, scope, receive, send, server, body)
+        else:
+            work = serve_local(gateway, scope, receive, send, server, body)
+        await until_disconnect(receive, work)
 
-    async def _serve(
-        self,
-        gateway: Gateway,
-        scope: Scope,
-        receive: Receive,
-        send: Send,
-        server: ManagedServer,
-        body: bytes,
-    ) -> None:
-        try:
-            lease = await gateway.servers.acquire(server)
-        except GatewayError as exc:
-            await error_response(exc, openai_shape=True)(scope, receive, send)
-            return
-        try:
-            await _forward(gateway, scope, send, lease, body)
-        except GatewayError as exc:  # raised only before anything was sent
-            await error_response(exc, openai_shape=True)(scope, receive, send)
-        finally:
-            lease.release()
+
+async def until_disconnect(receive: Receive, work: Coroutine[Any, Any, None]) -> None:
+    """Run `work`, racing it against the client leaving (which cancels it: the upstream
+    request closes and the server is released)."""
+    task = asyncio.ensure_future(work)
+    gone = asyncio.ensure_future(_wait_for_disconnect(receive))
+    try:
+        await asyncio.wait({task, gone}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        if not task.done():
+            task.cancel()  # closes the upstream request; releases the server
+        gone.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
+
+
+async def serve_local(
+    gateway: Gateway,
+    scope: Scope,
+    receive: Receive,
+    send: Send,
+    server: ManagedServer,
+    body: bytes,
+) -> None:
+    """Borrow this machine's server for `server`'s profile (started on demand), forward."""
+    try:
+        lease = await gateway.servers.acquire(server)
+    except GatewayError as exc:
+        await error_response(exc, openai_shape=True)(scope, receive, send)
+        return
+    try:
+        await _forward(gateway, scope, send, lease, body)
+    except GatewayError as exc:  # raised only before anything was sent
+        await error_response(exc, openai_shape=True)(scope, receive, send)
+    finally:
+        lease.release()
 
 
 def _account(gateway: Gateway, scope: Scope, principal: Principal, tap: RequestTap) -> None:
@@ -262,7 +284,7 @@ async def _wait_for_disconnect(receive: Receive) -> None:
             return
 
 
-async def _route_fields(
+async def route_fields(
     scope: Scope, content_type: str, body: bytes, limit: int
 ) -> tuple[str, bytes]:
     """The requested model: the JSON body's `model`, or the form field for uploads."""
@@ -600,6 +622,137 @@ def _response_headers(upstream: aiohttp.ClientResponse) -> list[tuple[bytes, byt
         for key, value in upstream.headers.items()
         if key.lower() in _KEEP_RESPONSE
     ]
+
+
+# ---- profiles on nodes (gateway/fleet) -------------------------------------------------------
+
+
+async def serve_on_node(
+    gateway: Gateway,
+    scope: Scope,
+    receive: Receive,
+    send: Send,
+    server: ManagedServer,
+    body: bytes,
+) -> None:
+    """Forward to the node placement picks (gateway/fleet/placement.py); a node that cannot
+    be reached before any byte reached the client is taken out of rotation here and the
+    request goes, once, to another node. Usage and limits stay with the gateway, as local."""
+    allowed = server.profile.nodes or []
+    tried: list[str] = []
+    failure: Exception | None = None
+    while len(tried) < 2:
+        node = await gateway.fleet.place(
+            server.name,
+            allowed,
+            server.need_bytes,
+            frozenset(tried),
+            within=gateway.settings.queue_timeout,
+        )
+        if node is None:
+            break
+        tried.append(node.name)
+        try:
+            with gateway.fleet.sending(node.name, server.name):
+                await _forward_to_node(gateway, scope, send, node, body)
+            return
+        except NodeUnreachable as exc:
+            gateway.fleet.refused(node.name)
+            failure = exc
+        except GatewayError as exc:  # raised only before anything was sent
+            await error_response(exc, openai_shape=True)(scope, receive, send)
+            return
+    error: GatewayError
+    if failure is not None:
+        error = BadGateway(
+            f"could not reach the node(s) {', '.join(tried)} for '{server.name}': {failure}; "
+            "they are out of rotation until they report again"
+        )
+    else:
+        retry = str(max(1, math.ceil(gateway.settings.node_timeout)))
+        error = NoNodeAvailable(
+            f"no node may serve '{server.name}' now: the nodes it may run on "
+            f"({', '.join(allowed)}) are down or have not reported; GET /api/nodes lists them",
+            headers={"Retry-After": retry},
+        )
+    await error_response(error, openai_shape=True)(scope, receive, send)
+
+
+async def _forward_to_node(
+    gateway: Gateway, scope: Scope, send: Send, node: KnownNode, body: bytes
+) -> None:
+    """The same path and body to the node's /v1, with the node token instead of the client's;
+    the node's answer relayed as it is (it is already in OpenAI's shape)."""
+    url = node.url.rstrip("/") + scope["path"]
+    query = scope.get("query_string", b"")
+    if query:
+        url += "?" + query.decode("latin-1")
+    headers = _upstream_headers(scope)
+    headers["authorization"] = f"Bearer {gateway.settings.node_token}"
+    try:
+        upstream = await gateway.http.request(scope["method"], url, data=body, headers=headers)
+    except (aiohttp.ClientConnectorError, aiohttp.ServerDisconnectedError) as exc:
+        raise NodeUnreachable(f"{type(exc).__name__}: {exc}") from exc
+    except (aiohttp.ClientConnectionError, aiohttp.ClientPayloadError) as exc:
+        raise BadGateway(f"node {node.name} failed to answer ({type(exc).__name__})") from exc
+    try:
+        if upstream.status == 401:
+            raise BadGateway(
+                f"node {node.name} refused this gateway's node token: MLX_MANAGER_NODE_TOKEN "
+                "must be the same on the gateway and every node"
+            )
+        content_type = upstream.headers.get("content-type", "")
+        if content_type.startswith("text/event-stream") and upstream.status < 400:
+            gateway.metrics.open_streams.inc()
+            try:
+                idle = gateway.settings.node_stream_idle_timeout
+                await _relay_node_stream(upstream, send, node.name, idle)
+            finally:
+                gateway.metrics.open_streams.dec()
+            return
+        try:
+            data = await upstream.read()
+        except (aiohttp.ClientConnectionError, aiohttp.ClientPayloadError) as exc:
+            raise BadGateway(f"node {node.name} broke off its answer ({exc})") from exc
+        out = _response_headers(upstream)
+        out.append((b"content-length", str(len(data)).encode()))
+        await send({"type": "http.response.start", "status": upstream.status, "headers": out})
+        await send({"type": "http.response.body", "body": data, "more_body": False})
+    finally:
+        upstream.close()
+
+
+async def _relay_node_stream(
+    upstream: aiohttp.ClientResponse, send: Send, node: str, idle: float
+) -> None:
+    """Like `_relay_stream`, but a node that goes silent for `idle` seconds (hung, or cut off
+    by the network) or breaks the connection ends the stream with an SSE error event in
+    OpenAI's shape, so the client learns it instead of waiting forever."""
+    headers = [h for h in _response_headers(upstream) if h[0] != b"cache-control"]
+    headers.extend(_STREAM_HEADERS)
+    await send({"type": "http.response.start", "status": upstream.status, "headers": headers})
+    problem = None
+    while True:
+        try:
+            chunk = await asyncio.wait_for(upstream.content.readany(), idle)
+        except TimeoutError:
+            problem = (
+                f"node {node} sent nothing for {idle:g} s (MLX_MANAGER_NODE_STREAM_IDLE_TIMEOUT); "
+                "the stream was ended"
+            )
+            break
+        except (aiohttp.ClientConnectionError, aiohttp.ClientPayloadError) as exc:
+            problem = f"the connection to node {node} broke mid-stream ({type(exc).__name__})"
+            break
+        if not chunk:
+            break
+        await send({"type": "http.response.body", "body": chunk, "more_body": True})
+    if problem is not None:
+        log.warning("%s", problem)
+        event = openai_error_body(problem, "server_error", "node_stream_failed")
+        data = b"data: " + json.dumps(event).encode() + b"\n\n"
+        await send({"type": "http.response.body", "body": data, "more_body": True})
+    await send({"type": "http.response.body", "body": b"", "more_body": False})
 
 
 # ---- model listing --------------------------------------------------------------------------

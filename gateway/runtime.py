@@ -18,6 +18,7 @@ from starlette.requests import HTTPConnection
 from gateway import store
 from gateway.auth import Authenticator
 from gateway.db import create_engine, migrate, session_factory
+from gateway.fleet.registry import FleetRegistry
 from gateway.limiter import Limiter
 from gateway.metrics import Metrics
 from gateway.revocation import RevocationListener
@@ -42,6 +43,8 @@ class Gateway:
     usage: UsageRecorder
     metrics: Metrics
     limiter: Limiter
+    # The nodes (`mlx-manager node`) this gateway routes to; empty unless nodes are enabled.
+    fleet: FleetRegistry
     jwt_secret: str = field(repr=False)
     # Set as soon as shutdown begins, so endless responses (event streams) can end first.
     stopping: asyncio.Event = field(default_factory=asyncio.Event)
@@ -77,6 +80,16 @@ class Gateway:
             stale_max_age=settings.auth_stale_max_age,
             lookup_timeout=settings.auth_db_timeout,
         )
+        fleet = FleetRegistry(
+            sessions,
+            timeout=settings.node_timeout,
+            refresh_interval=settings.heartbeat_interval,
+            strategy=settings.placement,
+        )
+        # A gateway with nodes enabled re-reads the nodes table; a node (it has a gateway URL)
+        # and a single machine (no token) have no nodes of their own to read.
+        if settings.node_token is not None and settings.gateway_url is None:
+            fleet.start()
         revocations = None
         if engine.dialect.name == "postgresql":
             revocations = RevocationListener(
@@ -108,6 +121,7 @@ class Gateway:
             usage=usage,
             metrics=metrics,
             limiter=limiter,
+            fleet=fleet,
             jwt_secret=secret,
             revocations=revocations,
         )
@@ -115,6 +129,7 @@ class Gateway:
     async def close(self) -> None:
         if self.revocations is not None:
             await self.revocations.close()
+        await self.fleet.close()
         await self.http.close()
         await self.servers.close()
         await self.usage.close()

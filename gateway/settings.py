@@ -127,6 +127,27 @@ class Settings(BaseSettings):
     # (uvicorn's forwarded_allow_ips); unset = none, so a client cannot pick its own address.
     trusted_proxies: str | None = None
 
+    # Nodes (gateway/fleet, gateway/node): model servers on other machines. The shared secret
+    # nodes and the gateway present to each other; unset = nodes disabled (this machine only).
+    node_token: str | None = Field(default=None, repr=False)
+    # Gateway side: a node silent this long is out of rotation; an open stream from a node that
+    # sends nothing for this long ends with an SSE error event; how a profile with no ready
+    # server is placed (binpack: the fullest node that fits; spread: the emptiest).
+    node_timeout: Annotated[float, Field(gt=0, le=3600)] = 6
+    node_stream_idle_timeout: Annotated[float, Field(gt=0, le=3600)] = 15
+    placement: Literal["binpack", "spread"] = "binpack"
+    # Node side (`mlx-manager node`): where the gateway is, this node's name (default: the
+    # hostname), how the gateway reaches it (default http://<host>:<port>), and seconds
+    # between heartbeats (the gateway also re-reads the nodes table this often).
+    gateway_url: str | None = Field(default=None, pattern=r"^https?://\S+$", max_length=2000)
+    node_name: str | None = Field(
+        default=None, min_length=1, max_length=200, pattern=r"^[A-Za-z0-9][\w.:@+-]*$"
+    )
+    node_advertise_url: str | None = Field(
+        default=None, pattern=r"^https?://\S+$", max_length=2000
+    )
+    heartbeat_interval: Annotated[float, Field(gt=0, le=60)] = 2
+
     @field_validator("home", mode="after")
     @classmethod
     def _expand_home(cls, value: Path) -> Path:
@@ -140,6 +161,14 @@ class Settings(BaseSettings):
     @field_validator("jwt_secret", mode="after")
     @classmethod
     def _check_secret(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        check_secret_strength(value)
+        return value
+
+    @field_validator("node_token", mode="after")
+    @classmethod
+    def _check_node_token(cls, value: str | None) -> str | None:
         if value is None:
             return None
         check_secret_strength(value)
@@ -251,6 +280,6 @@ def describe_validation_error(exc: ValidationError) -> str:
         variable = ENV_PREFIX + field.upper()
         message = error["msg"].removeprefix("Value error, ")
         value = error.get("input")
-        shown = "" if "secret" in field else f" (got {value!r})"
+        shown = "" if "secret" in field or "token" in field else f" (got {value!r})"
         lines.append(f"  {variable}: {message}{shown}")
     return "\n".join(lines)

@@ -129,6 +129,9 @@ class ServerProfile(SQLModel, table=True):
     port: int | None = None
     command: list[str] | None = Field(default=None, sa_column=Column(JSON, nullable=True))
     health_path: str = "/health"
+    # Where it runs: None = this machine (the default); a list of node names = on those nodes
+    # (`mlx-manager node`), ["*"] = on any node. See gateway/fleet.
+    nodes: list[str] | None = Field(default=None, sa_column=Column(JSON, nullable=True))
     created_at: datetime = _ts(default_factory=utcnow)
     updated_at: datetime = _ts(default_factory=utcnow)
 
@@ -152,6 +155,7 @@ LAUNCH_FIELDS: frozenset[str] = frozenset(
         "port",
         "command",
         "health_path",
+        "nodes",
     }
 )
 
@@ -159,6 +163,23 @@ LAUNCH_FIELDS: frozenset[str] = frozenset(
 def launch_changed(old: ServerProfile, new: ServerProfile) -> bool:
     """Whether a server launched from `old` must restart to run as `new`."""
     return any(getattr(old, field) != getattr(new, field) for field in LAUNCH_FIELDS)
+
+
+class Node(SQLModel, table=True):
+    """A machine running `mlx-manager node`, as its latest heartbeat described it.
+
+    In the database (not only in memory) so every replica sees every node, whichever replica
+    the node's heartbeats reach.
+    """
+
+    __tablename__ = "nodes"
+
+    id: int | None = Field(default=None, primary_key=True)
+    name: str = Field(sa_column=Column(String(200), unique=True, nullable=False, index=True))
+    url: str = Field(max_length=2000)
+    last_seen: datetime = _ts(default_factory=utcnow)
+    # The heartbeat's body: memory {cap_bytes, used_bytes, free_bytes}, servers, in_flight...
+    status: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
 
 
 class RunningInstance(SQLModel, table=True):

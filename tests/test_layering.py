@@ -39,7 +39,7 @@ def test_the_walk_sees_imports(tmp_path: Path) -> None:
 
 # ---- the pure modules: decisions and vocabulary, no I/O ----------------------------------------
 
-PURE_MODULES = ("serving/policy.py", "types.py")
+PURE_MODULES = ("serving/policy.py", "fleet/placement.py", "types.py")
 # What a pure module may import: the language's own data tools, and other pure modules. No
 # asyncio, httpx, aiohttp, psutil, os, socket, subprocess, pathlib, databases or web frameworks:
 # a decision that can do I/O can no longer be tested synchronously with plain values.
@@ -89,6 +89,8 @@ LAYOUT_SECTIONS = {
     "gateway/cli": "`gateway/`:",
     "gateway/serving": "`gateway/serving/`:",
     "gateway/hub": "`gateway/hub/`:",
+    "gateway/fleet": "`gateway/fleet/`:",
+    "gateway/node": "`gateway/node/`:",
     "admin": "`admin/`:",
 }
 

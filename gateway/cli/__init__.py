@@ -100,6 +100,65 @@ def serve(
     Server(config).run()
 
 
+@app.command()
+def node(
+    host: Annotated[str | None, typer.Option(help="Bind address (MLX_MANAGER_HOST).")] = None,
+    port: Annotated[int | None, typer.Option(help="Bind port (MLX_MANAGER_PORT).")] = None,
+    gateway: Annotated[
+        str | None, typer.Option(help="The gateway's URL (MLX_MANAGER_GATEWAY_URL).")
+    ] = None,
+    name: Annotated[
+        str | None, typer.Option(help="This node's name (MLX_MANAGER_NODE_NAME; hostname).")
+    ] = None,
+) -> None:
+    """Run a node: this machine's model servers, serving a gateway on another machine."""
+    import uvicorn
+
+    from gateway.log_setup import configure_logging
+    from gateway.node.app import create_node_app
+
+    overrides: dict[str, object] = {}
+    for key, value in (
+        ("host", host),
+        ("port", port),
+        ("gateway_url", gateway),
+        ("node_name", name),
+    ):
+        if value is not None:
+            overrides[key] = value
+    settings = _settings(**overrides)
+    missing = [
+        variable
+        for variable, value in (
+            ("MLX_MANAGER_NODE_TOKEN", settings.node_token),
+            ("MLX_MANAGER_GATEWAY_URL (or --gateway)", settings.gateway_url),
+        )
+        if value is None
+    ]
+    if missing:
+        errors.print(f"[red]a node needs {escape(' and '.join(missing))}[/red]")
+        raise typer.Exit(2)
+    configure_logging(settings.log_level, settings.log_json)
+    node_app = create_node_app(settings)
+
+    class Server(uvicorn.Server):
+        def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+            gateway_core = getattr(node_app.state, "gateway", None)
+            if gateway_core is not None:
+                gateway_core.stopping.set()
+            super().handle_exit(sig, frame)
+
+    config = uvicorn.Config(
+        node_app,
+        host=settings.host,
+        port=settings.port,
+        log_config=None,
+        access_log=False,
+        timeout_graceful_shutdown=int(settings.stop_timeout) + 5,
+    )
+    Server(config).run()
+
+
 @user_app.command("create")
 def user_create(
     email: Annotated[str, typer.Option(help="The user's email (their login).")],

@@ -163,7 +163,7 @@ class ServerManager:
         server.estimate_bytes = await self._estimate(server.profile)
         server.measured_bytes = 0
         self._registry.reindex()
-        if was_running:
+        if was_running and profile.nodes is None:  # a profile moved to nodes stays stopped here
             self._spawn_background(self._start_quietly(server))
 
     async def reload_profile(self, profile_id: int) -> None:
@@ -237,7 +237,7 @@ class ServerManager:
             await self.add_profile(profile)
         self._upkeep.start()
         for server in self.servers():
-            if server.profile.auto_start:
+            if server.profile.auto_start and server.profile.nodes is None:
                 self._spawn_background(self._start_quietly(server))
 
     async def close(self) -> None:

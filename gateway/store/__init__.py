@@ -9,6 +9,6 @@ alike.
 
 from __future__ import annotations
 
-from gateway.store import downloads, instances, keys, profiles, usage, users
+from gateway.store import downloads, instances, keys, nodes, profiles, usage, users
 
-__all__ = ["downloads", "instances", "keys", "profiles", "usage", "users"]
+__all__ = ["downloads", "instances", "keys", "nodes", "profiles", "usage", "users"]

@@ -43,14 +43,21 @@ class GatewayProcess:
     """One `python -m gateway serve` on a free 127.0.0.1 port, its output in `log`."""
 
     def __init__(
-        self, env: dict[str, str], log: Path, *, port: int | None = None, cwd: Path | None = None
+        self,
+        env: dict[str, str],
+        log: Path,
+        *,
+        port: int | None = None,
+        cwd: Path | None = None,
+        command: str = "serve",
     ) -> None:
+        """`command` "node" runs `python -m gateway node` (a node, tests/test_nodes.py)."""
         self.port = port or free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log = log
         with log.open("ab") as out:
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", "gateway", "serve", "--port", str(self.port)],
+                [sys.executable, "-m", "gateway", command, "--port", str(self.port)],
                 env=env,
                 cwd=cwd or log.parent,
                 stdin=subprocess.DEVNULL,

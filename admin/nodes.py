@@ -1,0 +1,87 @@
+"""`/api/nodes`: machines running `mlx-manager node`; their heartbeats, and the admin list.
+
+A node's heartbeat (`POST /api/nodes/heartbeat`, node token as bearer) records its state in the
+`nodes` table, so every replica routes by it, and answers with the profiles the node may run:
+the node reconciles its own registry to exactly that list.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from pydantic import Field
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from admin.schemas import Strict
+from gateway import store
+from gateway.auth import require_admin
+from gateway.fleet.auth import require_node_token
+from gateway.fleet.placement import allowed
+from gateway.http import read_model
+from gateway.runtime import gateway_of
+from gateway.types import utcnow
+
+NodeName = Annotated[str, Field(min_length=1, max_length=200, pattern=r"^[A-Za-z0-9][\w.:@+-]*$")]
+Count = Annotated[int, Field(ge=0, le=10**18)]
+
+
+class Memory(Strict):
+    cap_bytes: Count
+    used_bytes: Count
+    free_bytes: Count
+
+
+class ServerStatus(Strict):
+    profile: str = Field(max_length=200)
+    state: str = Field(max_length=16)
+    in_flight: Count = 0
+    queued: Count = 0
+    memory_bytes: Count = 0
+    pinned: bool = False
+
+
+class Heartbeat(Strict):
+    name: NodeName
+    url: str = Field(pattern=r"^https?://\S+$", max_length=2000)
+    memory: Memory
+    servers: list[ServerStatus] = Field(default_factory=list, max_length=1000)
+    in_flight: Count = 0
+    queued: Count = 0
+
+
+async def heartbeat(request: Request) -> Response:
+    gateway = gateway_of(request)
+    require_node_token(request.headers, gateway.settings.node_token)
+    body = await read_model(request, Heartbeat)
+    async with gateway.sessions() as session:
+        row = await store.nodes.record_heartbeat(
+            session, body.name, body.url, body.model_dump(mode="json"), utcnow()
+        )
+    gateway.fleet.heard(row)
+    profiles = [
+        _for_node(server.profile.model_dump(mode="json"))
+        for server in gateway.servers.servers()
+        if server.profile.nodes is not None and allowed(body.name, server.profile.nodes)
+    ]
+    return JSONResponse({"profiles": profiles})
+
+
+def _for_node(profile: dict[str, Any]) -> dict[str, Any]:
+    """The whole profile (env included: the node launches with it), to run on the node itself."""
+    profile["nodes"] = None
+    return profile
+
+
+async def list_nodes(request: Request) -> Response:
+    await require_admin(request)
+    gateway = gateway_of(request)
+    await gateway.fleet.refresh()
+    return JSONResponse(gateway.fleet.to_json())
+
+
+routes = [
+    Route("/api/nodes", list_nodes, methods=["GET"]),
+    Route("/api/nodes/heartbeat", heartbeat, methods=["POST"]),
+]

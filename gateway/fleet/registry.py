@@ -1,0 +1,245 @@
+"""The nodes as this replica knows them: the `nodes` table (every replica's heartbeats), cached
+and re-read every heartbeat interval, plus what this replica saw itself.
+
+The request path reads only this cache (no database). Local observations act at once on this
+replica: a refused connection takes a node out of rotation until a heartbeat newer than the
+refusal; a request sent to a node counts there as in flight (and the profile as starting there)
+until the node's own report catches up, so a burst between two heartbeats does not load the
+same model on several nodes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field, replace
+from datetime import datetime, timedelta
+from typing import Any
+
+from sqlalchemy.ext.asyncio import async_sessionmaker
+from sqlmodel.ext.asyncio.session import AsyncSession
+
+from gateway import store
+from gateway.fleet.placement import NodeView, ServerReport, Strategy, awaiting, place
+from gateway.tables import Node
+from gateway.types import iso_utc, utcnow
+
+log = logging.getLogger("mlx_manager.fleet")
+
+
+@dataclass
+class KnownNode:
+    name: str
+    url: str
+    last_seen: datetime
+    status: dict[str, Any] = field(default_factory=dict)
+
+
+class FleetRegistry:
+    """Every node this replica may route to; one per gateway."""
+
+    def __init__(
+        self,
+        sessions: async_sessionmaker[AsyncSession],
+        *,
+        timeout: float,
+        refresh_interval: float,
+        strategy: Strategy,
+    ) -> None:
+        self._sessions = sessions
+        self.timeout = timeout
+        self.refresh_interval = refresh_interval
+        self.strategy: Strategy = strategy
+        self._nodes: dict[str, KnownNode] = {}
+        self._refused: dict[str, datetime] = {}
+        # (node, profile) -> requests this replica has in flight there, and when it last sent
+        # one there (the profile counts as starting there until the node reports it).
+        self._inflight: dict[tuple[str, str], int] = {}
+        self._sent: dict[tuple[str, str], datetime] = {}
+        self._task: asyncio.Task[None] | None = None
+        self._changed = asyncio.Event()
+
+    # ---- keeping the cache ------------------------------------------------------------------
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._refresh_forever())
+
+    async def close(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+
+    async def refresh(self) -> None:
+        async with self._sessions() as session:
+            rows = await store.nodes.list_nodes(session)
+        for row in rows:
+            self._learn(row.name, row.url, row.last_seen, row.status)
+
+    async def _refresh_forever(self) -> None:
+        while True:
+            try:
+                await self.refresh()
+            except Exception as exc:  # the database may be down: keep the last view
+                log.warning("could not read the nodes table: %s", exc)
+            await asyncio.sleep(self.refresh_interval)
+
+    def heard(self, row: Node) -> None:
+        """A heartbeat this replica received (already written to the table)."""
+        self._learn(row.name, row.url, row.last_seen, row.status)
+
+    def _learn(self, name: str, url: str, seen: datetime, status: dict[str, Any]) -> None:
+        known = self._nodes.get(name)
+        if known is not None and known.last_seen >= seen:
+            return
+        self._nodes[name] = KnownNode(name, url, seen, status)
+        reported = {
+            s.get("profile")
+            for s in status.get("servers", [])
+            if isinstance(s, dict) and s.get("state") != "stopped"
+        }
+        for key in [k for k in self._sent if k[0] == name and k[1] in reported]:
+            del self._sent[key]
+        self._changed.set()
+        self._changed = asyncio.Event()
+
+    async def wait_changed(self, within: float) -> None:
+        """Until the next heartbeat is learnt (or `within` seconds)."""
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._changed.wait(), max(within, 0))
+
+    # ---- local observations -----------------------------------------------------------------
+
+    def refused(self, name: str) -> None:
+        """A connection to `name` failed: out of rotation here until its next heartbeat."""
+        self._refused[name] = utcnow()
+        for key in [k for k in self._sent if k[0] == name]:
+            del self._sent[key]
+        log.warning("node %s refused a connection; out of rotation until it reports", name)
+
+    @contextlib.contextmanager
+    def sending(self, node: str, profile: str) -> Iterator[None]:
+        key = (node, profile)
+        self._inflight[key] = self._inflight.get(key, 0) + 1
+        self._sent[key] = utcnow()
+        try:
+            yield
+        finally:
+            self._inflight[key] -= 1
+            if not self._inflight[key]:
+                del self._inflight[key]
+
+    # ---- reading ----------------------------------------------------------------------------
+
+    def get(self, name: str) -> KnownNode | None:
+        return self._nodes.get(name)
+
+    def is_up(self, node: KnownNode, now: datetime | None = None) -> bool:
+        now = now or utcnow()
+        if now - node.last_seen > timedelta(seconds=self.timeout):
+            return False
+        refused = self._refused.get(node.name)
+        return refused is None or node.last_seen > refused
+
+    def views(self) -> list[NodeView]:
+        now = utcnow()
+        return [self._view(node, now) for node in self._nodes.values()]
+
+    def _view(self, node: KnownNode, now: datetime) -> NodeView:
+        memory = node.status.get("memory") or {}
+        reports = {}
+        for raw in node.status.get("servers", []):
+            report = _report(raw)
+            if report is not None:
+                reports[report.profile] = report
+        for (name, profile), count in self._inflight.items():
+            if name == node.name:
+                mine = reports.get(profile, ServerReport(profile, "starting"))
+                reports[profile] = replace(mine, in_flight=max(mine.in_flight, count))
+        expired = now - timedelta(seconds=self.timeout)
+        for (name, profile), sent in list(self._sent.items()):
+            if sent < expired:  # the node never reported it: stop assuming
+                del self._sent[(name, profile)]
+            elif name == node.name:
+                known = reports.get(profile, ServerReport(profile, "stopped"))
+                if known.state == "stopped":  # sent there: it is starting it
+                    reports[profile] = replace(known, state="starting")
+        return NodeView(
+            name=node.name,
+            up=self.is_up(node, now),
+            cap_bytes=_int(memory.get("cap_bytes")),
+            free_bytes=_int(memory.get("free_bytes")),
+            servers=tuple(reports.values()),
+        )
+
+    async def place(
+        self,
+        profile: str,
+        allowed: list[str],
+        need_bytes: int,
+        exclude: frozenset[str],
+        within: float,
+    ) -> KnownNode | None:
+        """The node for a request (`placement.place`); when only nodes that have not heard of
+        the profile yet (just made or changed) could take it, wait up to `within` seconds for
+        their next heartbeat, which brings it to them."""
+        deadline = time.monotonic() + within
+        while True:
+            views = self.views()
+            name = place(views, profile, allowed, need_bytes, self.strategy, exclude)
+            if name is not None:
+                return self._nodes[name]
+            left = deadline - time.monotonic()
+            if left <= 0 or not awaiting(views, profile, allowed, exclude):
+                return None
+            await self.wait_changed(left)
+
+    def servers_of(self, profile: str) -> list[tuple[str, dict[str, Any]]]:
+        """(node, its report) for each up node running `profile` (for /api/servers)."""
+        now = utcnow()
+        found = []
+        for node in sorted(self._nodes.values(), key=lambda n: n.name):
+            if not self.is_up(node, now):
+                continue
+            for raw in node.status.get("servers", []):
+                named = isinstance(raw, dict) and raw.get("profile") == profile
+                if named and raw.get("state") != "stopped":
+                    found.append((node.name, raw))
+        return found
+
+    def to_json(self) -> list[dict[str, Any]]:
+        """The public JSON of `GET /api/nodes`."""
+        now = utcnow()
+        return [
+            {
+                "name": node.name,
+                "url": node.url,
+                "status": "up" if self.is_up(node, now) else "down",
+                "last_seen": iso_utc(node.last_seen),
+                "memory": node.status.get("memory"),
+                "servers": node.status.get("servers", []),
+                "in_flight": node.status.get("in_flight", 0),
+                "queued": node.status.get("queued", 0),
+            }
+            for node in sorted(self._nodes.values(), key=lambda n: n.name)
+        ]
+
+
+def _report(raw: object) -> ServerReport | None:
+    if not isinstance(raw, dict) or not isinstance(raw.get("profile"), str):
+        return None
+    return ServerReport(
+        profile=raw["profile"],
+        state=str(raw.get("state", "stopped")),
+        in_flight=_int(raw.get("in_flight")),
+        queued=_int(raw.get("queued")),
+        memory_bytes=_int(raw.get("memory_bytes")),
+        pinned=bool(raw.get("pinned", False)),
+    )
+
+
+def _int(value: object) -> int:
+    return value if isinstance(value, int) and not isinstance(value, bool) else 0

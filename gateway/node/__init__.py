@@ -1,0 +1,1 @@
+"""`mlx-manager node`: this machine's model servers, run for a gateway on another machine."""

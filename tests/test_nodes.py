@@ -1,0 +1,424 @@
+"""Nodes (issue 12, part 3): model servers on other machines, with real parts.
+
+The gateway runs in-process; each node is a real `python -m gateway node` process on a
+127.0.0.1 port with its own HOME and SQLite, whose profiles run the stub OpenAI server. Which
+node served a request is read from the stub's events (its pid) and the process tree (the
+stub's parent is the node). Faults are real signals: SIGKILL (a dead node: connection
+refused) and SIGSTOP (a hung node: silence). The placement rules are tested synchronously.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+import psutil
+import pytest
+
+from gateway.fleet.placement import NodeView, ServerReport, awaiting, place
+from gateway.settings import SettingsError, load_settings
+from tests.support.env import (
+    Env,
+    bearer,
+    chat_body,
+    gateway_env,
+    port_base,
+    process_gone,
+    read_events,
+    sse_data,
+    stream_contents,
+    stub_command,
+)
+from tests.support.gateway_process import GatewayProcess, serve_environment
+from tests.support.waiting import wait_until
+
+NODE_TOKEN = "node-token-for-the-tests-" + "n" * 24
+SECRET = "node-test-jwt-secret-" + "j" * 40
+GIB = 1024**3
+# Different caps, so binpack (the fullest node that fits) and spread pick different nodes.
+NODE_MEMORY_GB = {"a": "4", "b": "8"}
+
+
+# ---- placement, pure --------------------------------------------------------------------------
+
+
+def node(name: str, free: int = 10 * GIB, up: bool = True, *servers: ServerReport) -> NodeView:
+    """A node that knows profile "m" (stopped unless `servers` say otherwise)."""
+    if not any(s.profile == "m" for s in servers):
+        servers = (*servers, ServerReport("m", "stopped"))
+    return NodeView(name=name, up=up, cap_bytes=64 * GIB, free_bytes=free, servers=servers)
+
+
+def test_a_node_where_the_profile_is_ready_wins_with_the_fewest_in_flight() -> None:
+    nodes = [
+        node("a", 50 * GIB, True, ServerReport("m", "ready", in_flight=3)),
+        node("b", 1 * GIB, True, ServerReport("m", "ready", in_flight=1, queued=1)),
+        node("c", 60 * GIB),
+    ]
+    assert place(nodes, "m", ["*"], GIB) == "b"
+    busier = [nodes[0], node("b", GIB, True, ServerReport("m", "ready", in_flight=4)), nodes[2]]
+    assert place(busier, "m", ["*"], GIB) == "a"
+
+
+def test_a_start_under_way_is_joined_before_loading_it_elsewhere() -> None:
+    nodes = [node("a", 50 * GIB), node("b", 5 * GIB, True, ServerReport("m", "starting"))]
+    assert place(nodes, "m", ["a", "b"], GIB) == "b"
+
+
+def test_binpack_takes_the_fullest_node_that_fits_and_spread_the_emptiest() -> None:
+    nodes = [node("a", 50 * GIB), node("b", 3 * GIB), node("c", 1 * GIB)]
+    assert place(nodes, "m", ["*"], 2 * GIB, "binpack") == "b"
+    assert place(nodes, "m", ["*"], 2 * GIB, "spread") == "a"
+    assert place(nodes, "m", ["*"], 60 * GIB, "binpack") == "a"  # none fits: the most room
+
+
+def test_idle_servers_count_as_room_only_after_free_memory() -> None:
+    idle = ServerReport("other", "ready", memory_bytes=8 * GIB)
+    busy = ServerReport("other", "ready", in_flight=1, memory_bytes=8 * GIB)
+    pinned = ServerReport("other", "ready", memory_bytes=8 * GIB, pinned=True)
+    assert place([node("a", GIB, True, idle), node("b", 2 * GIB)], "m", ["*"], 4 * GIB) == "a"
+    assert place([node("a", 5 * GIB), node("b", GIB, True, idle)], "m", ["*"], 4 * GIB) == "a"
+    for blocked in (busy, pinned):
+        views = [node("a", GIB, True, blocked), node("b", 2 * GIB)]
+        assert place(views, "m", ["*"], 4 * GIB) == "b"  # neither fits: the most room
+
+
+def test_down_excluded_and_not_allowed_nodes_never_qualify() -> None:
+    ready = ServerReport("m", "ready")
+    nodes = [node("a", GIB, False, ready), node("b", GIB, True, ready), node("c", 9 * GIB)]
+    assert place(nodes, "m", ["*"], GIB) == "b"
+    assert place(nodes, "m", ["*"], GIB, exclude=frozenset({"b"})) == "c"
+    assert place(nodes, "m", ["a", "c"], GIB) == "c"
+    assert place(nodes, "m", ["a"], GIB) is None
+    assert place([], "m", ["*"], GIB) is None
+
+
+def test_only_nodes_that_reported_the_profile_are_loaded_and_others_are_awaited() -> None:
+    unaware = NodeView(name="a", up=True, cap_bytes=64 * GIB, free_bytes=60 * GIB)
+    aware = node("b", 2 * GIB)
+    assert place([unaware, aware], "m", ["*"], GIB) == "b"
+    assert place([unaware], "m", ["*"], GIB) is None
+    assert awaiting([unaware], "m", ["*"])  # its next heartbeat brings the profile
+    assert not awaiting([unaware], "m", ["b"])
+    assert not awaiting([aware], "m", ["*"])
+    assert not awaiting([NodeView(name="a", up=False)], "m", ["*"])
+
+
+# ---- settings at their edges ---------------------------------------------------------------------
+
+
+def test_node_settings_at_their_edges(tmp_path: Path) -> None:
+    base: dict[str, Any] = {"home": tmp_path, "_env_file": None}
+    assert load_settings(**base).node_token is None  # nodes off by default
+    assert load_settings(**base, node_token="k" * 32).node_token == "k" * 32
+    with pytest.raises(SettingsError, match="MLX_MANAGER_NODE_TOKEN") as short:
+        load_settings(**base, node_token="k" * 31)
+    assert "k" * 31 not in str(short.value)  # a secret is never echoed
+    for field, good, bad in (
+        ("node_timeout", 3600, 0),
+        ("node_stream_idle_timeout", 3600, 0),
+        ("heartbeat_interval", 60, 61),
+        ("placement", "spread", "random"),
+        ("gateway_url", "http://gw:8080", "gw:8080"),
+        ("node_advertise_url", "https://n1.lan:8081", "n1.lan"),
+        ("node_name", "mac-studio.lan", "-bad name"),
+    ):
+        assert getattr(load_settings(**base, **{field: good}), field) == good
+        with pytest.raises(SettingsError, match="MLX_MANAGER_" + field.upper()):
+            load_settings(**base, **{field: bad})
+
+
+# ---- a gateway and two real nodes ------------------------------------------------------------
+
+
+@dataclass
+class Fleet:
+    env: Env
+    nodes: dict[str, GatewayProcess]
+
+    async def nodes_json(self) -> dict[str, dict[str, Any]]:
+        response = await self.env.http.get("/api/nodes", headers=self.env.auth)
+        assert response.status_code == 200, response.text
+        return {entry["name"]: entry for entry in response.json()}
+
+    async def wait_nodes(self, **states: str) -> dict[str, dict[str, Any]]:
+        async def check() -> dict[str, dict[str, Any]] | None:
+            listed = await self.nodes_json()
+            ok = all(name in listed and listed[name]["status"] == s for name, s in states.items())
+            return listed if ok else None
+
+        return await wait_until(check, timeout=30, message=f"nodes {states}")
+
+    def served_by(self, events: Path, request_index: int = -1) -> str:
+        """The node whose stub answered the `request_index`th request (its parent process)."""
+        pid = [e for e in read_events(events) if e["event"] == "request"][request_index]["pid"]
+        parent = psutil.Process(pid).ppid()
+        names = [name for name, proc in self.nodes.items() if proc.pid == parent]
+        assert names, f"stub {pid} belongs to no node (parent {parent})"
+        return names[0]
+
+    async def add_stub(self, name: str, nodes: list[str], *options: str, **fields: Any) -> Path:
+        events = self.env.events_path(name)
+        command = stub_command("--quiet", "--events", str(events), *options)
+        await self.env.add_profile(name, command, nodes=nodes, **fields)
+        return events
+
+    async def wait_known(self, profile: str, *names: str) -> None:
+        """Until each node's heartbeat lists `profile` (the gateway's answer brought it)."""
+
+        async def known() -> bool:
+            listed = await self.nodes_json()
+            return all(profile in {s["profile"] for s in listed[name]["servers"]} for name in names)
+
+        await wait_until(known, message=f"{profile} known to {names}")
+
+
+def stub_pids(*events: Path) -> set[int]:
+    return {e["pid"] for path in events for e in read_events(path) if e["event"] == "started"}
+
+
+@contextlib.asynccontextmanager
+async def fleet(tmp_path: Path, **gateway_settings: Any) -> AsyncIterator[Fleet]:
+    settings: dict[str, Any] = {
+        "node_token": NODE_TOKEN,
+        "node_timeout": 3,
+        "heartbeat_interval": 0.2,
+        **gateway_settings,
+    }
+    processes: dict[str, GatewayProcess] = {}
+    async with gateway_env(tmp_path, **settings) as env:
+        try:
+            for name in ("a", "b"):
+                home = tmp_path / f"node-{name}"
+                home.mkdir()
+                environment = serve_environment(
+                    home,
+                    SECRET,
+                    node_token=NODE_TOKEN,
+                    gateway_url=env.url,
+                    node_name=name,
+                    heartbeat_interval="0.2",
+                    default_port_start=str(port_base()),
+                    stop_timeout="5",
+                    max_memory_gb=NODE_MEMORY_GB[name],
+                )
+                processes[name] = GatewayProcess(
+                    environment, tmp_path / f"node-{name}.log", command="node"
+                )
+            for process in processes.values():
+                await process.wait_healthy()
+            yield Fleet(env, processes)
+        finally:
+            for process in processes.values():
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(process.pid, signal.SIGCONT)
+                process.terminate()
+            stubs = stub_pids(*tmp_path.glob("events-*.jsonl"))
+            for pid in stubs:  # what a SIGKILLed node left behind
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
+
+
+async def test_heartbeats_register_nodes_and_a_pinned_profile_is_served_by_its_node(
+    tmp_path: Path,
+) -> None:
+    async with fleet(tmp_path) as f:
+        listed = await f.wait_nodes(a="up", b="up")
+        for name in ("a", "b"):
+            assert listed[name]["url"] == f.nodes[name].url
+            memory = listed[name]["memory"]
+            assert memory["cap_bytes"] > 0
+            assert memory["free_bytes"] == memory["cap_bytes"] - memory["used_bytes"]
+            assert listed[name]["last_seen"]
+        events = await f.add_stub("pinned", ["b"])
+
+        response = await f.env.chat("pinned", "hello b")
+        assert response.status_code == 200, response.text
+        assert response.json()["model"] == "pinned"
+        assert f.served_by(events) == "b"
+        # The node got the node token, never the client's credentials.
+        request = [e for e in read_events(events) if e["event"] == "request"][-1]
+        assert request["authorization"] is None
+
+        async with f.env.stream("pinned") as stream:
+            assert stream.status_code == 200
+            assert stream.headers["content-type"].startswith("text/event-stream")
+            body = await stream.aread()
+        payloads = sse_data(body)
+        assert payloads[-1] == "[DONE]"
+        assert len(stream_contents(payloads)) == 8  # the stub's chunks, passed through
+        assert f.served_by(events) == "b"
+
+        async def on_b() -> list[dict[str, Any]] | None:
+            entries = [s for s in await f.env.servers() if s["name"] == "pinned"]
+            return (
+                entries if [(s["node"], s["state"]) for s in entries] == [("b", "ready")] else None
+            )
+
+        await wait_until(on_b, message="/api/servers shows pinned on b")
+        local = await f.env.add_profile("here", stub_command("--quiet"))
+        assert local["nodes"] is None
+        servers = {s["name"]: s for s in await f.env.servers()}
+        assert servers["here"]["node"] == "local"
+        # Usage stays on the gateway, as for local servers.
+        row = await f.env.usage_row(response.headers["x-request-id"])
+        assert (row.model, row.status) == ("pinned", 200)
+
+
+async def test_placement_then_readiness_then_failover_when_a_node_dies(tmp_path: Path) -> None:
+    async with fleet(tmp_path) as f:
+        await f.wait_nodes(a="up", b="up")
+        events = await f.add_stub("shared", ["a", "b"], memory_gb=1)
+        await f.wait_known("shared", "a", "b")
+
+        first = await f.env.chat("shared")
+        assert first.status_code == 200, first.text
+        placed = f.served_by(events)
+        assert placed == "a"  # binpack: the fullest node that fits (a has 4 GB, b 8)
+        second = await f.env.chat("shared")
+        assert second.status_code == 200
+        assert f.served_by(events) == placed  # where it is ready, not loaded twice
+        assert len(stub_pids(events)) == 1
+
+        f.nodes[placed].kill()  # SIGKILL: its port now refuses connections
+        third = await f.env.chat("shared")
+        assert third.status_code == 200, third.text  # retried on b before any byte was sent
+        assert f.served_by(events) == "b"
+        listed = await f.wait_nodes(a="down", b="up")
+        assert listed["a"]["status"] == "down"
+        fourth = await f.env.chat("shared")
+        assert fourth.status_code == 200
+        assert f.served_by(events) == "b"
+
+
+async def test_spread_places_on_the_emptiest_node(tmp_path: Path) -> None:
+    async with fleet(tmp_path, placement="spread") as f:
+        await f.wait_nodes(a="up", b="up")
+        events = await f.add_stub("wide", ["*"], memory_gb=1)
+        await f.wait_known("wide", "a", "b")
+        assert (await f.env.chat("wide")).status_code == 200
+        assert f.served_by(events) == "b"
+
+
+async def test_a_hung_node_ends_open_streams_with_an_sse_error_and_goes_down(
+    tmp_path: Path,
+) -> None:
+    async with fleet(tmp_path, node_stream_idle_timeout=1.5) as f:
+        await f.wait_nodes(a="up", b="up")
+        await f.add_stub("slow", ["a"], "--chunks", "400", "--chunk-delay", "0.05")
+        node_a = f.nodes["a"]
+        received = b""
+        async with f.env.stream("slow") as stream:
+            assert stream.status_code == 200
+            stopped = False
+            async for chunk in stream.aiter_bytes():  # ends: the gateway closes the stream
+                received += chunk
+                if b"data:" in received and not stopped:
+                    os.kill(node_a.pid, signal.SIGSTOP)  # hangs: no byte, no heartbeat
+                    stopped = True
+        payloads = sse_data(received)
+        assert "[DONE]" not in payloads
+        error = json.loads(payloads[-1])["error"]
+        assert error["code"] == "node_stream_failed"
+        assert error["type"] == "server_error"
+        assert "MLX_MANAGER_NODE_STREAM_IDLE_TIMEOUT" in error["message"]
+        await f.wait_nodes(a="down", b="up")  # no heartbeat for NODE_TIMEOUT
+        other = await f.env.chat("slow")
+        assert other.status_code == 503  # pinned to a, which is down
+        assert other.json()["error"]["code"] == "no_node_available"
+        assert other.headers["retry-after"] == "3"
+
+        os.kill(node_a.pid, signal.SIGCONT)  # it wakes up and reports again
+        await f.wait_nodes(a="up", b="up")
+
+
+async def test_a_node_stops_a_profile_taken_from_it_after_its_next_heartbeat(
+    tmp_path: Path,
+) -> None:
+    async with fleet(tmp_path) as f:
+        await f.wait_nodes(a="up", b="up")
+        events = await f.add_stub("moving", ["a"])
+        assert (await f.env.chat("moving")).status_code == 200
+        (pid,) = stub_pids(events)
+        status_url = f"{f.nodes['a'].url}/node/status"
+        async with httpx.AsyncClient(trust_env=False, headers=bearer(NODE_TOKEN)) as node_http:
+            before = (await node_http.get(status_url)).json()
+            assert [s["profile"] for s in before["servers"]] == ["moving"]
+
+            profile_id = f.env.profile_id("moving")
+            patched = await f.env.http.patch(
+                f"/api/profiles/{profile_id}", json={"nodes": ["b"]}, headers=f.env.auth
+            )
+            assert patched.status_code == 200, patched.text
+            assert patched.json()["nodes"] == ["b"]
+            await wait_until(lambda: process_gone(pid), timeout=30, message="a stopped moving")
+
+            async def dropped() -> bool:
+                return (await node_http.get(status_url)).json()["servers"] == []
+
+            await wait_until(dropped, message="a dropped moving")
+        assert (await f.env.chat("moving")).status_code == 200
+        assert f.served_by(events) == "b"
+
+
+async def test_the_node_token_is_checked_both_ways(tmp_path: Path) -> None:
+    async with fleet(tmp_path) as f:
+        await f.wait_nodes(a="up", b="up")
+        beat = {
+            "name": "intruder",
+            "url": "http://127.0.0.1:1",
+            "memory": {"cap_bytes": 1, "used_bytes": 0, "free_bytes": 1},
+        }
+        for headers in ({}, bearer("x" * 48), bearer(f.env.token)):
+            response = await f.env.http.post("/api/nodes/heartbeat", json=beat, headers=headers)
+            assert response.status_code == 401, response.text
+        assert "intruder" not in await f.nodes_json()
+        ok = await f.env.http.post("/api/nodes/heartbeat", json=beat, headers=bearer(NODE_TOKEN))
+        assert (ok.status_code, ok.json()) == (200, {"profiles": []})
+
+        node_url = f.nodes["a"].url
+        async with httpx.AsyncClient(base_url=node_url, trust_env=False) as node_http:
+            for headers in ({}, bearer("x" * 48), f.env.auth):
+                chat = await node_http.post(
+                    "/v1/chat/completions", json=chat_body("anything"), headers=headers
+                )
+                assert chat.status_code == 401, chat.text
+                assert chat.json()["error"]["type"] == "authentication_error"
+                assert (await node_http.get("/node/status", headers=headers)).status_code == 401
+            allowed = await node_http.get("/node/status", headers=bearer(NODE_TOKEN))
+            assert allowed.status_code == 200
+            assert allowed.json()["name"] == "a"
+        listed = await f.env.http.get("/api/nodes", headers=bearer(NODE_TOKEN))
+        assert listed.status_code == 401  # the node token is no admin login
+
+
+async def test_without_a_node_token_nodes_are_disabled(tmp_path: Path) -> None:
+    async with gateway_env(tmp_path) as env:
+        beat = {
+            "name": "n",
+            "url": "http://127.0.0.1:1",
+            "memory": {"cap_bytes": 1, "used_bytes": 0, "free_bytes": 1},
+        }
+        response = await env.http.post("/api/nodes/heartbeat", json=beat, headers=bearer("x"))
+        assert response.status_code == 404
+        assert response.json()["code"] == "nodes_disabled"
+        assert "MLX_MANAGER_NODE_TOKEN" in response.json()["detail"]
+        assert (await env.http.get("/api/nodes", headers=env.auth)).json() == []
+        # A profile may name nodes (they can join later); until one reports, 503.
+        await env.add_profile("far", stub_command(), nodes=["*"])
+        refused = await env.chat("far")
+        assert refused.status_code == 503
+        assert refused.json()["error"]["code"] == "no_node_available"
+        bad = await env.http.post(
+            "/api/profiles",
+            json={"name": "x", "command": stub_command(), "nodes": ["*", "a"]},
+            headers=env.auth,
+        )
+        assert bad.status_code == 422
