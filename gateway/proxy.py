@@ -144,6 +144,7 @@ class ProxyEndpoint:
         request = Request(scope, receive)
         try:
             principal = await require_user(request, scope="inference")
+            gateway.usage.admit()  # 503 while the usage spool is full (gateway/usage.py)
         except GatewayError as exc:
             await error_response(exc, openai_shape=True)(scope, receive, send)
             return
@@ -154,6 +155,10 @@ class ProxyEndpoint:
                 if tap.first_byte is None:
                     tap.first_byte = time.monotonic()
                 tap.saw(message.get("body", b""))
+                if not message.get("more_body", False) and not tap.accounted:
+                    # Spooled before the last byte leaves: a client that read its whole
+                    # answer is accounted even if the gateway dies right after.
+                    _account(gateway, scope, principal, tap)
             elif message["type"] == "http.response.start":
                 tap.status = message["status"]
             await send(message)
@@ -161,7 +166,8 @@ class ProxyEndpoint:
         try:
             await self._handle(gateway, scope, receive, tapped_send, request, principal, tap)
         finally:
-            _account(gateway, scope, principal, tap)
+            if not tap.accounted:
+                _account(gateway, scope, principal, tap)
 
     async def _handle(
         self,
@@ -242,6 +248,7 @@ async def serve_local(
 def _account(gateway: Gateway, scope: Scope, principal: Principal, tap: RequestTap) -> None:
     """Metrics are labelled by profile (a bounded set); the usage row keeps the name the
     client sent, already bounded by MLX_MANAGER_MAX_MODEL_NAME_BYTES and cut to the column."""
+    tap.accounted = True
     now = time.monotonic()
     prompt, completion = tokens_in(bytes(tap.tail)) if tap.status < 400 else (0, 0)
     status = tap.status or 499  # nothing sent: the client went away first

@@ -26,6 +26,7 @@ from gateway.serving.manager import ServerManager
 from gateway.settings import Settings
 from gateway.throttle import AttemptLimit, LoginThrottle
 from gateway.usage import UsageRecorder
+from gateway.usage_spool import UsageSpool
 
 log = logging.getLogger("mlx_manager")
 
@@ -67,7 +68,13 @@ class Gateway:
                 )
         servers = ServerManager(settings, sessions)
         await servers.open()
-        usage = UsageRecorder(sessions)
+        usage = UsageRecorder(
+            sessions,
+            UsageSpool(settings.home, settings.usage_spool_max_bytes),
+            flush_seconds=settings.usage_flush_interval,
+            retry_max=settings.usage_retry_max,
+            batch_timeout=settings.usage_flush_timeout,
+        )
         usage.start()
         metrics = Metrics()
         metrics.watch_servers(servers)

@@ -117,6 +117,18 @@ class Settings(BaseSettings):
     revocation_ping_interval: Annotated[float, Field(gt=0, le=3600)] = 5
     revocation_reconnect_max: Annotated[float, Field(gt=0, le=300)] = 5
 
+    # Usage records (gateway/usage.py, gateway/usage_spool.py): each is spooled to
+    # HOME/usage-spool before its response ends and committed to the database every second.
+    # The spool's cap (per gateway process): at it, /v1 requests are refused with 503 until the
+    # database takes the backlog (a record is never dropped). Seconds between commits; the
+    # longest wait between commit attempts while the database fails (the wait starts at the
+    # interval and doubles); how long one batch's insert may take before it counts as failed
+    # (and is retried, doubling nothing).
+    usage_spool_max_bytes: Annotated[int, Field(ge=1024 * 1024, le=1024**4)] = 1024**3
+    usage_flush_interval: Annotated[float, Field(gt=0, le=3600)] = 1
+    usage_retry_max: Annotated[float, Field(gt=0, le=3600)] = 10
+    usage_flush_timeout: Annotated[float, Field(gt=0, le=3600)] = 30
+
     # The HTTP edge (gateway/edge.py): bounds on what a client may hold before the app runs.
     max_header_bytes: Annotated[int, Field(ge=1024, le=1024 * 1024)] = 32 * 1024
     header_timeout: Annotated[float, Field(gt=0, le=3600)] = 30

@@ -6,8 +6,10 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Literal
 
-from sqlalchemy import case, func, insert, update
+from sqlalchemy import case, func, update
+from sqlalchemy import exc as sa_exc
 from sqlalchemy import select as sql_select
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlmodel import col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
@@ -18,15 +20,65 @@ GROUPS: tuple[GroupBy, ...] = ("user", "model", "key")
 
 
 async def record_usage(session: AsyncSession, rows: list[dict[str, Any]]) -> None:
-    """Insert a batch of usage rows (one executemany) and mark their API keys used now."""
+    """Insert a batch of usage rows (one executemany) and mark their API keys used now.
+
+    Idempotent: a row whose `record_id` is already stored is skipped (ON CONFLICT DO NOTHING),
+    so a batch written again after a commit whose outcome was unknown doubles nothing. A user
+    or key deleted since the request (their rows would break the foreign key and block every
+    later batch) is written as NULL, as the foreign keys' ON DELETE SET NULL would have done.
+    """
     conn = await session.connection()
-    await conn.execute(insert(Usage), rows)
+    rows = await _existing_owners(session, rows)
+    dialect = conn.dialect.name
+    if dialect == "postgresql":
+        statement: Any = postgresql.insert(Usage).on_conflict_do_nothing(
+            index_elements=["record_id"]
+        )
+    elif dialect == "sqlite":
+        statement = sqlite.insert(Usage).on_conflict_do_nothing(index_elements=["record_id"])
+    else:  # pragma: no cover - the gateway runs on SQLite or PostgreSQL only
+        raise RuntimeError(f"usage rows cannot be written idempotently on {dialect}")
+    await conn.execute(statement, rows)
     key_ids = {row["key_id"] for row in rows if row.get("key_id") is not None}
     if key_ids:
         await conn.execute(
             update(ApiKey).where(col(ApiKey.id).in_(key_ids)).values(last_used_at=datetime.now(UTC))
         )
     await session.commit()
+
+
+def refused(exc: BaseException) -> bool:
+    """Whether the database refused a batch for its data (a constraint, a value too long),
+    which writing it again cannot fix, as opposed to being unreachable or busy. (SQLite's
+    driver raises a bare OverflowError for an integer beyond 64 bits.)"""
+    return isinstance(exc, sa_exc.IntegrityError | sa_exc.DataError | OverflowError)
+
+
+async def _existing_owners(
+    session: AsyncSession, rows: list[dict[str, Any]]
+) -> list[dict[str, Any]]:
+    """`rows` with user_id/key_id set to None where that user or key no longer exists."""
+    conn = await session.connection()
+    user_ids = {row["user_id"] for row in rows if row.get("user_id") is not None}
+    key_ids = {row["key_id"] for row in rows if row.get("key_id") is not None}
+    users: set[Any] = set()
+    keys: set[Any] = set()
+    if user_ids:
+        found = await conn.execute(sql_select(col(User.id)).where(col(User.id).in_(user_ids)))
+        users = set(found.scalars())
+    if key_ids:
+        found = await conn.execute(sql_select(col(ApiKey.id)).where(col(ApiKey.id).in_(key_ids)))
+        keys = set(found.scalars())
+    if users == user_ids and keys == key_ids:
+        return rows
+    return [
+        {
+            **row,
+            "user_id": row.get("user_id") if row.get("user_id") in users else None,
+            "key_id": row.get("key_id") if row.get("key_id") in keys else None,
+        }
+        for row in rows
+    ]
 
 
 @dataclass(frozen=True, slots=True)
