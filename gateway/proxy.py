@@ -765,7 +765,15 @@ async def _relay_node_stream(
 # ---- model listing --------------------------------------------------------------------------
 
 
-def _model_entry(server: ManagedServer, model_id: str) -> dict[str, Any]:
+def _state_of(gateway: Gateway, server: ManagedServer) -> str:
+    """A local profile's server state; for a profile on nodes, the best of theirs."""
+    if server.profile.nodes is None:
+        return server.state
+    states = {report.get("state") for _, report in gateway.fleet.servers_of(server.name)}
+    return next((s for s in ("ready", "starting") if s in states), "stopped")
+
+
+def _model_entry(gateway: Gateway, server: ManagedServer, model_id: str) -> dict[str, Any]:
     created = server.profile.created_at
     return {
         "id": model_id,
@@ -774,7 +782,7 @@ def _model_entry(server: ManagedServer, model_id: str) -> dict[str, Any]:
         "owned_by": "mlx-manager",
         "profile": server.name,
         "model_type": server.profile.model_type,
-        "state": server.state,
+        "state": _state_of(gateway, server),
     }
 
 
@@ -783,7 +791,7 @@ def _visible_models(gateway: Gateway, principal: Principal) -> list[dict[str, An
     for server in gateway.servers.servers():
         for model_id in (server.name, *server.profile.aliases):
             if principal.may_use(model_id) or principal.may_use(server.name):
-                entries.append(_model_entry(server, model_id))
+                entries.append(_model_entry(gateway, server, model_id))
     return entries
 
 
@@ -798,7 +806,7 @@ async def get_model(request: Request) -> Response:
     principal = await require_user(request, scope="inference")
     model_id = request.path_params["model_id"]
     server = _resolve(gateway, principal, model_id)
-    return JSONResponse(_model_entry(server, model_id))
+    return JSONResponse(_model_entry(gateway, server, model_id))
 
 
 async def wrong_base_url(request: Request) -> Response:

@@ -13,6 +13,8 @@ import contextlib
 import json
 import os
 import signal
+import subprocess
+import sys
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,6 +26,7 @@ import pytest
 
 from gateway.fleet.placement import NodeView, ServerReport, awaiting, place
 from gateway.settings import SettingsError, load_settings
+from tests.conftest import TEST_SECRET
 from tests.support.env import (
     Env,
     bearer,
@@ -263,6 +266,8 @@ async def test_heartbeats_register_nodes_and_a_pinned_profile_is_served_by_its_n
             )
 
         await wait_until(on_b, message="/api/servers shows pinned on b")
+        model = await f.env.http.get("/v1/models/pinned", headers=f.env.auth)
+        assert model.json()["state"] == "ready"  # from b's heartbeat
         local = await f.env.add_profile("here", stub_command("--quiet"))
         assert local["nodes"] is None
         servers = {s["name"]: s for s in await f.env.servers()}
@@ -272,7 +277,9 @@ async def test_heartbeats_register_nodes_and_a_pinned_profile_is_served_by_its_n
         assert (row.model, row.status) == ("pinned", 200)
 
 
-async def test_placement_then_readiness_then_failover_when_a_node_dies(tmp_path: Path) -> None:
+async def test_placement_then_readiness_then_failover_when_a_node_dies(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     async with fleet(tmp_path) as f:
         await f.wait_nodes(a="up", b="up")
         events = await f.add_stub("shared", ["a", "b"], memory_gb=1)
@@ -291,6 +298,7 @@ async def test_placement_then_readiness_then_failover_when_a_node_dies(tmp_path:
         third = await f.env.chat("shared")
         assert third.status_code == 200, third.text  # retried on b before any byte was sent
         assert f.served_by(events) == "b"
+        assert "node a refused a connection" in caplog.text  # a was tried first
         listed = await f.wait_nodes(a="down", b="up")
         assert listed["a"]["status"] == "down"
         fourth = await f.env.chat("shared")
@@ -368,6 +376,46 @@ async def test_a_node_stops_a_profile_taken_from_it_after_its_next_heartbeat(
         assert f.served_by(events) == "b"
 
 
+async def test_a_replica_on_the_same_database_sees_the_nodes_and_routes_to_them(
+    tmp_path: Path,
+) -> None:
+    """Heartbeats reach one gateway; the other replica reads them from the nodes table."""
+    async with fleet(tmp_path) as f:
+        await f.wait_nodes(a="up", b="up")
+        events = await f.add_stub("pinned", ["b"])
+        replica_home = tmp_path / "replica"
+        replica_home.mkdir()
+        assert f.env.settings.database_path is not None
+        environment = serve_environment(
+            replica_home,
+            TEST_SECRET,  # the in-process gateway's: the admin's token works on both
+            database_path=str(f.env.settings.database_path),
+            node_token=NODE_TOKEN,
+            node_timeout="3",
+            heartbeat_interval="0.2",
+        )
+        replica = GatewayProcess(environment, tmp_path / "replica.log")
+        try:
+            await replica.wait_healthy()
+            async with httpx.AsyncClient(
+                base_url=replica.url, trust_env=False, headers=f.env.auth, timeout=30
+            ) as http:
+
+                async def both_up() -> bool:
+                    listed = (await http.get("/api/nodes")).json()
+                    return sorted((n["name"], n["status"]) for n in listed) == [
+                        ("a", "up"),
+                        ("b", "up"),
+                    ]
+
+                await wait_until(both_up, message="the replica lists both nodes up")
+                response = await http.post("/v1/chat/completions", json=chat_body("pinned"))
+                assert response.status_code == 200, response.text
+                assert f.served_by(events) == "b"
+        finally:
+            replica.terminate()
+
+
 async def test_the_node_token_is_checked_both_ways(tmp_path: Path) -> None:
     async with fleet(tmp_path) as f:
         await f.wait_nodes(a="up", b="up")
@@ -395,6 +443,11 @@ async def test_the_node_token_is_checked_both_ways(tmp_path: Path) -> None:
             allowed = await node_http.get("/node/status", headers=bearer(NODE_TOKEN))
             assert allowed.status_code == 200
             assert allowed.json()["name"] == "a"
+            unknown = await node_http.post(
+                "/v1/chat/completions", json=chat_body("anything"), headers=bearer(NODE_TOKEN)
+            )
+            assert unknown.status_code == 404
+            assert unknown.json()["error"]["code"] == "model_not_found"
         listed = await f.env.http.get("/api/nodes", headers=bearer(NODE_TOKEN))
         assert listed.status_code == 401  # the node token is no admin login
 
@@ -422,3 +475,18 @@ async def test_without_a_node_token_nodes_are_disabled(tmp_path: Path) -> None:
             headers=env.auth,
         )
         assert bad.status_code == 422
+
+
+def test_the_node_command_needs_a_token_and_a_gateway(tmp_path: Path) -> None:
+    environment = serve_environment(tmp_path / "home", SECRET)
+    result = subprocess.run(
+        [sys.executable, "-m", "gateway", "node", "--port", "1"],
+        env=environment,
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 2
+    assert "MLX_MANAGER_NODE_TOKEN" in result.stderr
+    assert "MLX_MANAGER_GATEWAY_URL" in result.stderr
