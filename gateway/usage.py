@@ -1,6 +1,6 @@
 """Usage accounting: one record per /v1 request, spooled to local disk, committed in batches.
 
-The request path makes the record (its own `record_id`, a uuid4) and appends it to this
+The request path makes the record (its own `record_id`: 128 random bits) and appends it to this
 process's write-ahead spool (gateway/usage_spool.py: one `write(2)`, no await, no database)
 before the response's last byte is sent, so a client that read its whole answer is always
 accounted, even if the gateway is SIGKILLed right after. A background task commits the spool to
