@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import random
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
@@ -23,6 +24,9 @@ TEST_SECRET = "test-secret-" + "x" * 40
 def make_settings(home: Path, **overrides: object) -> Settings:
     values: dict[str, object] = {
         "home": home,
+        # A random first port for model servers (below the ephemeral range): another test run
+        # on the machine must not take a port between our pick and our server's bind.
+        "default_port_start": random.randrange(20000, 31000, 10),
         "jwt_secret": TEST_SECRET,
         "idle_ttl": 0,
         "health_check_interval": 3600,

@@ -10,6 +10,7 @@ the test run leaks in); the process runs in `cwd` (default: its log's folder) so
 from __future__ import annotations
 
 import os
+import random
 import signal
 import subprocess
 import sys
@@ -34,6 +35,9 @@ def serve_environment(home: Path, secret: str, **settings: str) -> dict[str, str
         MLX_MANAGER_JWT_SECRET=secret,
         MLX_MANAGER_IDLE_TTL="0",
         MLX_MANAGER_HEALTH_CHECK_INTERVAL="3600",
+        # Model servers from a random first port: replicas and other test runs on this
+        # machine must not race for one port (a test sets it to share or to collide).
+        MLX_MANAGER_DEFAULT_PORT_START=str(random.randrange(20000, 31000, 10)),
     )
     env.update({f"MLX_MANAGER_{key.upper()}": value for key, value in settings.items()})
     return env
