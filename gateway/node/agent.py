@@ -113,7 +113,9 @@ class NodeAgent:
                     return
                 profiles = json.loads(data)["profiles"]
         except (aiohttp.ClientError, TimeoutError, ValueError, KeyError, TypeError) as exc:
-            self._report(f"cannot reach the gateway at {self._endpoint}: {exc!r}")
+            self._report(
+                f"cannot reach the gateway at {self._endpoint}: {type(exc).__name__}: {exc}"
+            )
             return
         if self._problem is not None:
             log.info("heartbeats reach the gateway again")
