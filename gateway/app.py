@@ -44,8 +44,9 @@ async def health(request: Request) -> Response:
 
 
 async def ready(request: Request) -> Response:
-    """Readiness (open): 200 when the database answers and, on PostgreSQL, the revocation
-    listener is connected; else 503 "degraded" saying what is wrong. /health stays liveness."""
+    """Readiness (open): 200 when the database answers, on PostgreSQL the revocation listener
+    is connected, and the usage spool has room; else 503 "degraded" saying what is wrong.
+    /health stays liveness."""
     gateway = gateway_of(request)
     problem = await store.replicas.ping(gateway.engine, gateway.settings.ready_timeout)
     body: dict[str, object] = {"status": "ready", "database": "ok"}
@@ -59,7 +60,13 @@ async def ready(request: Request) -> Response:
     else:
         body.update(revocations="reconnecting", revocations_error=listener.problem)
     body["auth_cache_ttl"] = gateway.authenticator.ttl
-    degraded = problem is not None or (listener is not None and not listener.connected)
+    spool = gateway.usage.spool
+    body["usage_spool_bytes"] = spool.pending_bytes  # usage not in the database yet
+    if spool.full:  # new /v1 requests are refused until the database takes the backlog
+        body["usage_spool"] = "full"
+    degraded = (
+        problem is not None or (listener is not None and not listener.connected) or spool.full
+    )
     if degraded:
         body["status"] = "degraded"
     return JSONResponse(body, status_code=503 if degraded else 200)

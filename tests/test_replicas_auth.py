@@ -172,6 +172,7 @@ async def test_ready_on_sqlite_needs_no_listener(client: httpx.AsyncClient) -> N
         "database": "ok",
         "revocations": "local",
         "auth_cache_ttl": 1.0,
+        "usage_spool_bytes": 0,
     }
     assert (await client.get("/health")).json() == {"status": "ok"}
 

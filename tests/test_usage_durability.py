@@ -514,6 +514,9 @@ async def test_a_full_spool_refuses_new_requests_until_the_database_takes_it(
         assert error["code"] == "usage_spool_full"
         assert error["type"] == "server_error"
         assert int(response.headers["retry-after"]) >= 1
+        ready = (await client.get("/ready")).json()
+        assert (ready["status"], ready["usage_spool"]) == ("degraded", "full")
+        assert ready["usage_spool_bytes"] >= MIB
 
         await asyncio.to_thread(private_postgres.restart)
 
@@ -525,6 +528,8 @@ async def test_a_full_spool_refuses_new_requests_until_the_database_takes_it(
 
         await wait_until(served, timeout=PATIENCE, interval=0.2, message="served again")
         await usage.flush()
+        ready = (await client.get("/ready")).json()
+        assert ready["status"] == "ready" and "usage_spool" not in ready, ready
         assert len(await _usage_ids(url, "fill")) == filled
         assert await _usage_ids(url, "below") == ["below-cap"]
         assert await _record_ids_unique(url)
