@@ -697,7 +697,9 @@ async def _forward_to_node(
     headers = _upstream_headers(scope)
     headers["authorization"] = f"Bearer {gateway.settings.node_token}"
     try:
-        upstream = await gateway.http.request(scope["method"], url, data=body, headers=headers)
+        upstream = await _while_reporting(
+            gateway, node, gateway.http.request(scope["method"], url, data=body, headers=headers)
+        )
     except (aiohttp.ClientConnectorError, aiohttp.ServerDisconnectedError) as exc:
         raise NodeUnreachable(f"{type(exc).__name__}: {exc}") from exc
     except (aiohttp.ClientConnectionError, aiohttp.ClientPayloadError) as exc:
@@ -718,7 +720,7 @@ async def _forward_to_node(
                 gateway.metrics.open_streams.dec()
             return
         try:
-            data = await upstream.read()
+            data = await _while_reporting(gateway, node, upstream.read())
         except (aiohttp.ClientConnectionError, aiohttp.ClientPayloadError) as exc:
             raise BadGateway(f"node {node.name} broke off its answer ({exc})") from exc
         out = _response_headers(upstream)
@@ -727,6 +729,40 @@ async def _forward_to_node(
         await send({"type": "http.response.body", "body": data, "more_body": False})
     finally:
         upstream.close()
+
+
+async def _while_reporting(gateway: Gateway, node: KnownNode, work: Coroutine[Any, Any, T]) -> T:
+    """`work`, given up when `node` stops heartbeating (MLX_MANAGER_NODE_TIMEOUT) first.
+
+    A node that hangs (SIGSTOP, a frozen machine, a cut cable) accepts nothing and says
+    nothing; without this, a request waiting for its answer would wait forever. A node busy
+    loading a model or generating keeps heartbeating, so long answers are never cut short.
+    Nothing has reached the client yet, so the request may go to another node.
+    """
+    task = asyncio.ensure_future(work)
+    try:
+        while True:
+            done, _ = await asyncio.wait({task}, timeout=gateway.fleet.refresh_interval)
+            if done:
+                return task.result()
+            current = gateway.fleet.get(node.name)
+            if current is None or not gateway.fleet.is_up(current):
+                raise NodeUnreachable(
+                    f"node {node.name} stopped reporting before it answered "
+                    f"(no heartbeat for MLX_MANAGER_NODE_TIMEOUT, {gateway.fleet.timeout:g} s)"
+                )
+    finally:
+        if not task.done():
+            task.cancel()
+            task.add_done_callback(_discard)
+
+
+def _discard(task: asyncio.Task[Any]) -> None:
+    """What a request given up on still produced: its error read, its response closed."""
+    if task.cancelled():
+        return
+    if task.exception() is None and isinstance(task.result(), aiohttp.ClientResponse):
+        task.result().close()
 
 
 async def _relay_node_stream(

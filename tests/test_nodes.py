@@ -9,6 +9,7 @@ refused) and SIGSTOP (a hung node: silence). The placement rules are tested sync
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import os
@@ -345,6 +346,26 @@ async def test_a_hung_node_ends_open_streams_with_an_sse_error_and_goes_down(
 
         os.kill(node_a.pid, signal.SIGCONT)  # it wakes up and reports again
         await f.wait_nodes(a="up", b="up")
+
+
+async def test_a_request_waiting_on_a_hung_node_goes_to_another_node(tmp_path: Path) -> None:
+    async with fleet(tmp_path) as f:
+        await f.wait_nodes(a="up", b="up")
+        events = await f.add_stub("both", ["a", "b"], memory_gb=1)
+        await f.wait_known("both", "a", "b")
+        # The stub answers "__slow__" after 5 s: a hangs before it answers.
+        pending = asyncio.ensure_future(f.env.chat("both", "__slow__"))
+        await wait_until(
+            lambda: [e for e in read_events(events) if e["event"] == "request"],
+            message="the slow request reached a stub",
+        )
+        assert f.served_by(events, 0) == "a"  # binpack: a has the smaller cap
+        os.kill(f.nodes["a"].pid, signal.SIGSTOP)
+        response = await pending
+        assert response.status_code == 200, response.text  # b answered; no error
+        assert f.served_by(events) == "b"
+        listed = await f.nodes_json()
+        assert listed["a"]["status"] == "down"
 
 
 async def test_a_node_stops_a_profile_taken_from_it_after_its_next_heartbeat(
