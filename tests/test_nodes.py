@@ -18,6 +18,7 @@ import subprocess
 import sys
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -25,8 +26,11 @@ import httpx
 import psutil
 import pytest
 
+from gateway import store
+from gateway.db import create_engine, migrate, session_factory
 from gateway.fleet.placement import NodeView, ServerReport, awaiting, place
 from gateway.settings import SettingsError, load_settings
+from gateway.types import utcnow
 from tests.conftest import TEST_SECRET
 from tests.support.env import (
     Env,
@@ -137,6 +141,35 @@ def test_node_settings_at_their_edges(tmp_path: Path) -> None:
         assert getattr(load_settings(**base, **{field: good}), field) == good
         with pytest.raises(SettingsError, match="MLX_MANAGER_" + field.upper()):
             load_settings(**base, **{field: bad})
+
+
+# ---- the nodes table, on both databases ---------------------------------------------------
+
+
+@pytest.mark.both_databases
+async def test_heartbeats_upsert_one_row_per_node(tmp_path: Path, database_url: str | None) -> None:
+    engine = create_engine(database_url or f"sqlite+aiosqlite:///{tmp_path / 'nodes.db'}")
+    try:
+        await migrate(engine)
+        sessions = session_factory(engine)
+        first, later = utcnow(), utcnow() + timedelta(seconds=2)
+        async with sessions() as session:
+            await store.nodes.record_heartbeat(session, "a", "http://a:1", {"in_flight": 1}, first)
+            await store.nodes.record_heartbeat(session, "b", "http://b:1", {}, first)
+            await store.nodes.record_heartbeat(session, "a", "http://a:2", {"in_flight": 2}, later)
+        async with sessions() as session:
+            rows = await store.nodes.list_nodes(session)
+        assert [(r.name, r.url, r.status) for r in rows] == [
+            ("a", "http://a:2", {"in_flight": 2}),
+            ("b", "http://b:1", {}),
+        ]
+        assert rows[0].last_seen == later
+        async with sessions() as session:
+            assert await store.nodes.delete_node(session, "b")
+            assert not await store.nodes.delete_node(session, "b")
+            assert [r.name for r in await store.nodes.list_nodes(session)] == ["a"]
+    finally:
+        await engine.dispose()
 
 
 # ---- a gateway and two real nodes ------------------------------------------------------------
@@ -368,7 +401,7 @@ async def test_a_request_waiting_on_a_hung_node_goes_to_another_node(tmp_path: P
         assert listed["a"]["status"] == "down"
 
 
-async def test_a_node_stops_a_profile_taken_from_it_after_its_next_heartbeat(
+async def test_a_node_that_rejoins_stops_a_profile_taken_from_it(
     tmp_path: Path,
 ) -> None:
     async with fleet(tmp_path) as f:
@@ -381,12 +414,17 @@ async def test_a_node_stops_a_profile_taken_from_it_after_its_next_heartbeat(
             before = (await node_http.get(status_url)).json()
             assert [s["profile"] for s in before["servers"]] == ["moving"]
 
+            # Cut a off (no heartbeats) while the profile moves: it keeps serving what it has.
+            os.kill(f.nodes["a"].pid, signal.SIGSTOP)
+            await f.wait_nodes(a="down")
             profile_id = f.env.profile_id("moving")
             patched = await f.env.http.patch(
                 f"/api/profiles/{profile_id}", json={"nodes": ["b"]}, headers=f.env.auth
             )
             assert patched.status_code == 200, patched.text
             assert patched.json()["nodes"] == ["b"]
+            assert not process_gone(pid)
+            os.kill(f.nodes["a"].pid, signal.SIGCONT)  # it rejoins: its next heartbeat...
             await wait_until(lambda: process_gone(pid), timeout=30, message="a stopped moving")
 
             async def dropped() -> bool:
