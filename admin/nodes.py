@@ -17,6 +17,7 @@ from starlette.routing import Route
 from admin.schemas import Strict
 from gateway import store
 from gateway.auth import require_admin
+from gateway.errors import NotFound
 from gateway.fleet.auth import require_node_token
 from gateway.fleet.placement import allowed
 from gateway.http import read_model
@@ -81,7 +82,22 @@ async def list_nodes(request: Request) -> Response:
     return JSONResponse(gateway.fleet.to_json())
 
 
+async def delete_node(request: Request) -> Response:
+    """Forget a node (one retired for good); a node still running comes back with its next
+    heartbeat. Its servers are not stopped by this: stop the node itself."""
+    await require_admin(request)
+    gateway = gateway_of(request)
+    name = request.path_params["name"]
+    async with gateway.sessions() as session:
+        found = await store.nodes.delete_node(session, name)
+    if not found:
+        raise NotFound(f"no node named {name!r}", code="node_not_found")
+    gateway.fleet.forget(name)
+    return Response(status_code=204)
+
+
 routes = [
     Route("/api/nodes", list_nodes, methods=["GET"]),
+    Route("/api/nodes/{name}", delete_node, methods=["DELETE"]),
     Route("/api/nodes/heartbeat", heartbeat, methods=["POST"]),
 ]

@@ -489,6 +489,12 @@ async def test_the_node_token_is_checked_both_ways(tmp_path: Path) -> None:
         assert "intruder" not in await f.nodes_json()
         ok = await f.env.http.post("/api/nodes/heartbeat", json=beat, headers=bearer(NODE_TOKEN))
         assert (ok.status_code, ok.json()) == (200, {"profiles": []})
+        assert (await f.nodes_json())["intruder"]["status"] == "up"
+        forget = await f.env.http.delete("/api/nodes/intruder", headers=f.env.auth)
+        assert forget.status_code == 204
+        assert "intruder" not in await f.nodes_json()
+        again = await f.env.http.delete("/api/nodes/intruder", headers=f.env.auth)
+        assert (again.status_code, again.json()["code"]) == (404, "node_not_found")
 
         node_url = f.nodes["a"].url
         async with httpx.AsyncClient(base_url=node_url, trust_env=False) as node_http:

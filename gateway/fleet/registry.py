@@ -78,6 +78,13 @@ class FleetRegistry:
             rows = await store.nodes.list_nodes(session)
         for row in rows:
             self._learn(row.name, row.url, row.last_seen, row.status)
+        for name in set(self._nodes) - {row.name for row in rows}:
+            self.forget(name)  # deleted (DELETE /api/nodes/{name}) on some replica
+
+    def forget(self, name: str) -> None:
+        """Drop a node from this replica's view (its row was deleted); a heartbeat re-adds it."""
+        self._nodes.pop(name, None)
+        self._refused.pop(name, None)
 
     async def _refresh_forever(self) -> None:
         while True:
