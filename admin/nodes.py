@@ -7,6 +7,7 @@ the node reconciles its own registry to exactly that list.
 
 from __future__ import annotations
 
+import asyncio
 from typing import Annotated, Any
 
 from pydantic import Field
@@ -22,6 +23,7 @@ from gateway.fleet.auth import require_node_token
 from gateway.fleet.placement import allowed
 from gateway.http import read_model
 from gateway.runtime import gateway_of
+from gateway.tables import Node
 from gateway.types import utcnow
 
 NodeName = Annotated[str, Field(min_length=1, max_length=200, pattern=r"^[A-Za-z0-9][\w.:@+-]*$")]
@@ -56,11 +58,17 @@ async def heartbeat(request: Request) -> Response:
     gateway = gateway_of(request)
     require_node_token(request.headers, gateway.settings.node_token)
     body = await read_model(request, Heartbeat)
-    async with gateway.sessions() as session:
-        row = await store.nodes.record_heartbeat(
-            session, body.name, body.url, body.model_dump(mode="json"), utcnow()
-        )
-    gateway.fleet.heard(row)
+    status = body.model_dump(mode="json")
+    seen = utcnow()
+    gateway.fleet.heard(Node(name=body.name, url=body.url, last_seen=seen, status=status))
+    try:  # for the other replicas; this one counts the heartbeat either way
+        async with asyncio.timeout(gateway.settings.ready_timeout):
+            async with gateway.sessions() as session:
+                await store.nodes.record_heartbeat(session, body.name, body.url, status, seen)
+    except Exception as exc:
+        if not (isinstance(exc, TimeoutError) or store.replicas.lost_database(exc)):
+            raise
+        gateway.fleet.database_problem(store.replicas.describe(exc))
     profiles = [
         _for_node(server.profile.model_dump(mode="json"))
         for server in gateway.servers.servers()
@@ -76,6 +84,7 @@ def _for_node(profile: dict[str, Any]) -> dict[str, Any]:
 
 
 async def list_nodes(request: Request) -> Response:
+    """Every node, read fresh from the table (the cached view while it is out of reach)."""
     await require_admin(request)
     gateway = gateway_of(request)
     await gateway.fleet.refresh()

@@ -18,7 +18,7 @@ import subprocess
 import sys
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -45,6 +45,7 @@ from tests.support.env import (
     stub_command,
 )
 from tests.support.gateway_process import GatewayProcess, serve_environment
+from tests.support.postgres import PostgresServer, find_bindir
 from tests.support.waiting import wait_until
 
 NODE_TOKEN = "node-token-for-the-tests-" + "n" * 24
@@ -473,6 +474,51 @@ async def test_a_replica_on_the_same_database_sees_the_nodes_and_routes_to_them(
                 assert f.served_by(events) == "b"
         finally:
             replica.terminate()
+
+
+@pytest.fixture
+async def private_postgres() -> AsyncIterator[PostgresServer]:
+    """A PostgreSQL server of this test's own, free to be stopped."""
+    server = PostgresServer(find_bindir())
+    try:
+        await asyncio.to_thread(server.start)
+        yield server
+    finally:
+        await asyncio.to_thread(server.stop)
+
+
+async def test_nodes_stay_in_rotation_through_a_database_outage(
+    tmp_path: Path, private_postgres: PostgresServer
+) -> None:
+    """Heartbeats count on the gateway that hears them even when they cannot be written."""
+    url = private_postgres.url(await private_postgres.create_database())
+    async with fleet(tmp_path, database_url=url, node_timeout=2) as f:
+        await f.wait_nodes(a="up", b="up")
+        events = await f.add_stub("pinned", ["b"])
+        assert (await f.env.chat("pinned")).status_code == 200
+
+        await asyncio.to_thread(private_postgres.halt)
+        halted = utcnow()
+
+        async def heard_after_the_timeout() -> dict[str, Any] | None:
+            b = (await f.nodes_json())["b"]
+            seen = datetime.fromisoformat(b["last_seen"])
+            return b if seen > halted + timedelta(seconds=2) else None
+
+        b = await wait_until(heard_after_the_timeout, timeout=30, message="b heard")
+        assert b["status"] == "up"
+        response = await f.env.chat("pinned", "during the outage")
+        assert response.status_code == 200, response.text
+        assert f.served_by(events) == "b"
+
+        await asyncio.to_thread(private_postgres.restart)
+
+        async def written_again() -> bool:
+            async with f.env.handle.core.sessions() as session:
+                rows = {r.name: r for r in await store.nodes.list_nodes(session)}
+            return "b" in rows and rows["b"].last_seen > halted + timedelta(seconds=2)
+
+        await wait_until(written_again, timeout=30, message="heartbeats written again")
 
 
 async def test_the_node_token_is_checked_both_ways(tmp_path: Path) -> None:

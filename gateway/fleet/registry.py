@@ -61,6 +61,7 @@ class FleetRegistry:
         self._sent: dict[tuple[str, str], datetime] = {}
         self._task: asyncio.Task[None] | None = None
         self._changed = asyncio.Event()
+        self._problem: str | None = None
 
     # ---- keeping the cache ------------------------------------------------------------------
 
@@ -74,12 +75,32 @@ class FleetRegistry:
                 await self._task
 
     async def refresh(self) -> None:
-        async with self._sessions() as session:
-            rows = await store.nodes.list_nodes(session)
+        """Re-read the nodes table. While the database is out of reach this keeps the last
+        view (plus the heartbeats this replica hears) and says so once."""
+        started = utcnow()
+        try:
+            async with self._sessions() as session:
+                rows = await store.nodes.list_nodes(session)
+        except Exception as exc:
+            self.database_problem(f"{type(exc).__name__}: {exc}")
+            return
+        self.database_problem(None)
         for row in rows:
             self._learn(row.name, row.url, row.last_seen, row.status)
-        for name in set(self._nodes) - {row.name for row in rows}:
-            self.forget(name)  # deleted (DELETE /api/nodes/{name}) on some replica
+        listed = {row.name for row in rows}
+        for name, node in list(self._nodes.items()):
+            # Deleted on some replica (DELETE /api/nodes/{name}); a node heard since the read
+            # began is kept (its row may not be committed yet).
+            if name not in listed and node.last_seen < started:
+                self.forget(name)
+
+    def database_problem(self, problem: str | None) -> None:
+        """Log when the nodes table stops (or starts again) being reachable, once each."""
+        if problem is not None and self._problem is None:
+            log.warning("the nodes table is out of reach (%s); routing on what is known", problem)
+        elif problem is None and self._problem is not None:
+            log.info("the nodes table is reachable again")
+        self._problem = problem
 
     def forget(self, name: str) -> None:
         """Drop a node from this replica's view (its row was deleted); a heartbeat re-adds it."""
@@ -88,14 +109,12 @@ class FleetRegistry:
 
     async def _refresh_forever(self) -> None:
         while True:
-            try:
-                await self.refresh()
-            except Exception as exc:  # the database may be down: keep the last view
-                log.warning("could not read the nodes table: %s", exc)
+            await self.refresh()
             await asyncio.sleep(self.refresh_interval)
 
     def heard(self, row: Node) -> None:
-        """A heartbeat this replica received (already written to the table)."""
+        """A heartbeat this replica received: counted at once, before (and whether or not)
+        the database takes it, so nodes stay in rotation through a database outage."""
         self._learn(row.name, row.url, row.last_seen, row.status)
 
     def _learn(self, name: str, url: str, seen: datetime, status: dict[str, Any]) -> None:
