@@ -32,6 +32,7 @@ from gateway.fleet.placement import NodeView, ServerReport, awaiting, place
 from gateway.settings import SettingsError, load_settings
 from gateway.types import utcnow
 from tests.conftest import TEST_SECRET
+from tests.support.backend import require_backend, tiny_model
 from tests.support.env import (
     Env,
     bearer,
@@ -223,7 +224,9 @@ def stub_pids(*events: Path) -> set[int]:
 
 
 @contextlib.asynccontextmanager
-async def fleet(tmp_path: Path, **gateway_settings: Any) -> AsyncIterator[Fleet]:
+async def fleet(
+    tmp_path: Path, node_settings: dict[str, str] | None = None, **gateway_settings: Any
+) -> AsyncIterator[Fleet]:
     settings: dict[str, Any] = {
         "node_token": NODE_TOKEN,
         "node_timeout": 3,
@@ -246,6 +249,7 @@ async def fleet(tmp_path: Path, **gateway_settings: Any) -> AsyncIterator[Fleet]
                     default_port_start=str(port_base()),
                     stop_timeout="5",
                     max_memory_gb=NODE_MEMORY_GB[name],
+                    **(node_settings or {}),
                 )
                 processes[name] = GatewayProcess(
                     environment, tmp_path / f"node-{name}.log", command="node"
@@ -601,3 +605,45 @@ def test_the_node_command_needs_a_token_and_a_gateway(tmp_path: Path) -> None:
     assert result.returncode == 2
     assert "MLX_MANAGER_NODE_TOKEN" in result.stderr
     assert "MLX_MANAGER_GATEWAY_URL" in result.stderr
+
+
+@pytest.mark.backend
+async def test_the_real_model_server_on_a_node(tmp_path: Path) -> None:
+    """mlx-openai-server with the tiny model, launched by a node, used with the OpenAI SDK."""
+    import openai
+
+    backend = {"backend_bin": require_backend(), "start_timeout": "180"}
+    async with fleet(tmp_path, node_settings=backend, queue_timeout=180) as f:
+        await f.wait_nodes(a="up", b="up")
+        profile = {"name": "tiny", "model_path": str(tiny_model()), "nodes": ["b"]}
+        created = await f.env.http.post("/api/profiles", json=profile, headers=f.env.auth)
+        assert created.status_code == 201, created.text
+        key = await f.env.new_key()
+        sdk = openai.AsyncOpenAI(
+            base_url=f"{f.env.url}/v1", api_key=key.secret, max_retries=0, timeout=180
+        )
+        try:
+            answer = await sdk.chat.completions.create(
+                model="tiny", messages=[{"role": "user", "content": "hi"}], max_tokens=8
+            )
+            assert answer.choices[0].message.content is not None
+            assert answer.usage is not None
+            assert answer.usage.completion_tokens > 0
+            stream = await sdk.chat.completions.create(
+                model="tiny",
+                messages=[{"role": "user", "content": "hi"}],
+                max_tokens=8,
+                stream=True,
+            )
+            chunks = [chunk async for chunk in stream]
+            assert len(chunks) > 1
+        finally:
+            await sdk.close()
+
+        async def ready_on_b() -> bool:
+            servers = {(s["name"], s["node"], s["state"]) for s in await f.env.servers()}
+            return ("tiny", "b", "ready") in servers
+
+        await wait_until(ready_on_b, message="/api/servers: tiny ready on b")
+        status = await f.nodes_json()
+        assert status["a"]["servers"] == []  # never sent to a
