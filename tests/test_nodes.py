@@ -348,10 +348,13 @@ async def test_placement_then_readiness_then_failover_when_a_node_dies(
 async def test_spread_places_on_the_emptiest_node(tmp_path: Path) -> None:
     async with fleet(tmp_path, placement="spread") as f:
         await f.wait_nodes(a="up", b="up")
-        events = await f.add_stub("wide", ["*"], memory_gb=1)
+        events = await f.add_stub("wide", ["*"], "--startup-delay", "0.5", memory_gb=1)
         await f.wait_known("wide", "a", "b")
-        assert (await f.env.chat("wide")).status_code == 200
-        assert f.served_by(events) == "b"
+        # Eight first requests at once: one node, one launch, every request served.
+        answers = await asyncio.gather(*(f.env.chat("wide") for _ in range(8)))
+        assert [a.status_code for a in answers] == [200] * 8
+        assert len(stub_pids(events)) == 1
+        assert {f.served_by(events, i) for i in range(8)} == {"b"}  # spread: the emptiest
 
 
 async def test_a_hung_node_ends_open_streams_with_an_sse_error_and_goes_down(
