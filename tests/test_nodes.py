@@ -110,6 +110,13 @@ def test_down_excluded_and_not_allowed_nodes_never_qualify() -> None:
     assert place([], "m", ["*"], GIB) is None
 
 
+def test_a_node_where_the_start_failed_is_the_last_resort() -> None:
+    failed = ServerReport("m", "failed")
+    nodes = [node("a", 3 * GIB, True, failed), node("b", 50 * GIB)]
+    assert place(nodes, "m", ["*"], GIB) == "b"  # binpack would pick a, but it failed there
+    assert place(nodes, "m", ["a"], GIB) == "a"  # the only one allowed: its own back-off answers
+
+
 def test_only_nodes_that_reported_the_profile_are_loaded_and_others_are_awaited() -> None:
     unaware = NodeView(name="a", up=True, cap_bytes=64 * GIB, free_bytes=60 * GIB)
     aware = node("b", 2 * GIB)

@@ -10,7 +10,8 @@ rule is tested synchronously. The order of preference:
 4. else the up node with the most room, whose own scheduler then queues or refuses the request
    with its usual errors (the node is where memory is really known).
 Nodes that are down, not allowed for the profile, or excluded (already tried) never qualify;
-for 3 and 4, neither do nodes that have not reported the profile yet (`awaiting`).
+for 3 and 4, neither do nodes that have not reported the profile yet (`awaiting`), and nodes
+where its last start failed only when no other node may take it.
 """
 
 from __future__ import annotations
@@ -87,10 +88,12 @@ def place(
         here = [(r.load, n.name) for r, n in running if r.state == state]
         if here:
             return min(here)[1]
-    # Only a node that has reported the profile (any state) has it in its registry yet.
-    candidates = [n for n in candidates if n.server(profile) is not None]
-    if not candidates:
+    # Only a node that has reported the profile (any state) has it in its registry yet; one
+    # where its last start failed (a model missing from that node's disk, say) comes last.
+    known = [n for n in candidates if n.server(profile) is not None]
+    if not known:
         return None
+    candidates = [n for n in known if _state(n, profile) != "failed"] or known
     for room in (_free, _room):
         fitting = [n for n in candidates if need_bytes <= room(n)]
         if fitting:
@@ -113,6 +116,11 @@ def awaiting(
         for n in nodes
         if n.server(profile) is None
     )
+
+
+def _state(node: NodeView, profile: str) -> str | None:
+    report = node.server(profile)
+    return None if report is None else report.state
 
 
 def _free(node: NodeView) -> int:
