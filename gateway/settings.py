@@ -155,9 +155,7 @@ class Settings(BaseSettings):
     node_name: str | None = Field(
         default=None, min_length=1, max_length=200, pattern=r"^[A-Za-z0-9][\w.:@+-]*$"
     )
-    node_advertise_url: str | None = Field(
-        default=None, pattern=r"^https?://\S+$", max_length=2000
-    )
+    node_advertise_url: str | None = Field(default=None, pattern=r"^https?://\S+$", max_length=2000)
     heartbeat_interval: Annotated[float, Field(gt=0, le=60)] = 2
 
     @field_validator("home", mode="after")
