@@ -664,16 +664,16 @@ async def serve_on_node(
                 await _forward_to_node(gateway, scope, send, node, body)
             return
         except NodeUnreachable as exc:
-            gateway.fleet.refused(node.name)
+            gateway.fleet.refused(node.name, str(exc))
             failure = exc
         except GatewayError as exc:  # raised only before anything was sent
             await error_response(exc, openai_shape=True)(scope, receive, send)
             return
     error: GatewayError
     if failure is not None:
-        error = BadGateway(
-            f"could not reach the node(s) {', '.join(tried)} for '{server.name}': {failure}; "
-            "they are out of rotation until they report again"
+        error = BadGateway(  # the cause is in the log: node addresses stay internal
+            f"could not reach the node(s) {', '.join(tried)} for '{server.name}'; they are out "
+            "of rotation until they report again"
         )
     else:
         retry = str(max(1, math.ceil(gateway.settings.node_timeout)))

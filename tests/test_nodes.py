@@ -344,7 +344,8 @@ async def test_placement_then_readiness_then_failover_when_a_node_dies(
         third = await f.env.chat("shared")
         assert third.status_code == 200, third.text  # retried on b before any byte was sent
         assert f.served_by(events) == "b"
-        assert "node a refused a connection" in caplog.text  # a was tried first
+        assert "node a is out of rotation" in caplog.text  # a was tried first
+        assert "ClientConnectorError" in caplog.text  # refused
         listed = await f.wait_nodes(a="down", b="up")
         assert listed["a"]["status"] == "down"
         fourth = await f.env.chat("shared")
@@ -362,6 +363,23 @@ async def test_spread_places_on_the_emptiest_node(tmp_path: Path) -> None:
         assert [a.status_code for a in answers] == [200] * 8
         assert len(stub_pids(events)) == 1
         assert {f.served_by(events, i) for i in range(8)} == {"b"}  # spread: the emptiest
+
+
+async def test_a_dead_node_with_no_alternative_is_a_502_then_a_503(tmp_path: Path) -> None:
+    async with fleet(tmp_path) as f:
+        await f.wait_nodes(a="up", b="up")
+        await f.add_stub("only-b", ["b"])
+        assert (await f.env.chat("only-b")).status_code == 200
+        f.nodes["b"].kill()
+        failed = await f.env.chat("only-b")
+        assert failed.status_code == 502, failed.text
+        error = failed.json()["error"]
+        assert error["code"] == "upstream_error"
+        assert "node(s) b" in error["message"]
+        assert f.nodes["b"].url.split("//")[1] not in error["message"]  # no internal address
+        again = await f.env.chat("only-b")  # b is out of rotation now
+        assert again.status_code == 503
+        assert again.json()["error"]["code"] == "no_node_available"
 
 
 async def test_a_hung_node_ends_open_streams_with_an_sse_error_and_goes_down(

@@ -139,12 +139,13 @@ class FleetRegistry:
 
     # ---- local observations -----------------------------------------------------------------
 
-    def refused(self, name: str) -> None:
-        """A connection to `name` failed: out of rotation here until its next heartbeat."""
+    def refused(self, name: str, reason: str) -> None:
+        """`name` could not be reached (refused, or silent past the node timeout): out of
+        rotation on this replica at once, until a heartbeat newer than this."""
         self._refused[name] = utcnow()
         for key in [k for k in self._sent if k[0] == name]:
             del self._sent[key]
-        log.warning("node %s refused a connection; out of rotation until it reports", name)
+        log.warning("node %s is out of rotation until it reports again: %s", name, reason)
 
     @contextlib.contextmanager
     def sending(self, node: str, profile: str) -> Iterator[None]:
