@@ -32,6 +32,7 @@ from gateway.fleet.placement import NodeView, ServerReport, awaiting, place
 from gateway.settings import SettingsError, load_settings
 from gateway.types import utcnow
 from tests.conftest import TEST_SECRET
+from tests.support import secrets
 from tests.support.backend import require_backend, tiny_model
 from tests.support.env import (
     Env,
@@ -241,6 +242,7 @@ async def fleet(
         **gateway_settings,
     }
     processes: dict[str, GatewayProcess] = {}
+    secrets.SEEN.add(NODE_TOKEN)  # the secret scan (test_zz_secret_scan) checks every log
     async with gateway_env(tmp_path, **settings) as env:
         try:
             for name in ("a", "b"):
@@ -314,6 +316,14 @@ async def test_heartbeats_register_nodes_and_a_pinned_profile_is_served_by_its_n
         await wait_until(on_b, message="/api/servers shows pinned on b")
         model = await f.env.http.get("/v1/models/pinned", headers=f.env.auth)
         assert model.json()["state"] == "ready"  # from b's heartbeat
+        # auto_start on a node: started there as soon as the node is given the profile.
+        await f.add_stub("eager", ["a"], auto_start=True)
+
+        async def eager_on_a() -> bool:
+            servers = {(s["name"], s["node"], s["state"]) for s in await f.env.servers()}
+            return ("eager", "a", "ready") in servers
+
+        await wait_until(eager_on_a, message="eager started on a without a request")
         local = await f.env.add_profile("here", stub_command("--quiet"))
         assert local["nodes"] is None
         servers = {s["name"]: s for s in await f.env.servers()}

@@ -46,16 +46,18 @@ class NodeAgent:
         # Requests on this node per profile, from arrival to the last byte (in flight + queued).
         self.active: Counter[str] = Counter()
         self._task: asyncio.Task[None] | None = None
+        self._starts: set[asyncio.Task[None]] = set()
         self._problem: str | None = None
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._beat_forever())
 
     async def close(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+        for task in [self._task, *self._starts]:
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
 
     def status(self) -> dict[str, Any]:
         """The heartbeat's body (also GET /node/status)."""
@@ -146,6 +148,24 @@ class NodeAgent:
                 async with self.gateway.sessions() as session:
                     await store.nodes.keep_profile(session, profile)
                 await manager.update_profile(profile)
+                if profile.auto_start:
+                    self._auto_start(profile_id)
+
+    def _auto_start(self, profile_id: int) -> None:
+        """Start an `auto_start` profile given to this node (as a gateway does at its start)."""
+        server = self.gateway.servers.get(profile_id)
+        if server is None or server.state != "stopped":
+            return
+
+        async def start() -> None:
+            try:
+                await self.gateway.servers.ensure_ready(server)
+            except Exception as exc:
+                log.warning("auto start of %s failed: %s", server.name, exc)
+
+        task = asyncio.create_task(start())
+        self._starts.add(task)
+        task.add_done_callback(self._starts.discard)
 
 
 def _profile(raw: dict[str, Any]) -> ServerProfile:
