@@ -42,6 +42,7 @@ class ServerStatus(Strict):
     in_flight: Count = 0
     queued: Count = 0
     memory_bytes: Count = 0
+    need_bytes: Count = 0
     pinned: bool = False
 
 

@@ -111,6 +111,14 @@ def test_down_excluded_and_not_allowed_nodes_never_qualify() -> None:
     assert place([], "m", ["*"], GIB) is None
 
 
+def test_the_nodes_own_estimate_of_the_need_counts_when_larger() -> None:
+    small = node("a", 3 * GIB, True, ServerReport("m", "stopped", need_bytes=5 * GIB))
+    big = node("b", 9 * GIB, True, ServerReport("m", "stopped", need_bytes=5 * GIB))
+    assert place([small, big], "m", ["*"], 0) == "b"  # unknown here; a says it needs 5 GiB
+    assert place([small, node("b", 9 * GIB)], "m", ["*"], 2 * GIB) == "b"
+    assert place([node("a", 3 * GIB), node("b", 9 * GIB)], "m", ["*"], 2 * GIB) == "a"
+
+
 def test_a_node_where_the_start_failed_is_the_last_resort() -> None:
     failed = ServerReport("m", "failed")
     nodes = [node("a", 3 * GIB, True, failed), node("b", 50 * GIB)]

@@ -34,6 +34,8 @@ class ServerReport:
     queued: int = 0
     memory_bytes: int = 0
     pinned: bool = False
+    # The node's own estimate of what the profile needs there (from the model on its disk).
+    need_bytes: int = 0
 
     @property
     def load(self) -> int:
@@ -95,7 +97,7 @@ def place(
         return None
     candidates = [n for n in known if _state(n, profile) != "failed"] or known
     for room in (_free, _room):
-        fitting = [n for n in candidates if need_bytes <= room(n)]
+        fitting = [n for n in candidates if _need(n, profile, need_bytes) <= room(n)]
         if fitting:
             if strategy == "spread":  # the emptiest
                 return min(fitting, key=lambda n: (-room(n), n.name)).name
@@ -121,6 +123,13 @@ def awaiting(
 def _state(node: NodeView, profile: str) -> str | None:
     report = node.server(profile)
     return None if report is None else report.state
+
+
+def _need(node: NodeView, profile: str, need_bytes: int) -> int:
+    """The larger of the gateway's figure (`memory_gb`, or its own estimate) and the node's:
+    the model may be on the node's disk only, where the gateway cannot size it."""
+    report = node.server(profile)
+    return max(need_bytes, report.need_bytes if report is not None else 0)
 
 
 def _free(node: NodeView) -> int:

@@ -265,6 +265,7 @@ def _report(raw: object) -> ServerReport | None:
         queued=_int(raw.get("queued")),
         memory_bytes=_int(raw.get("memory_bytes")),
         pinned=bool(raw.get("pinned", False)),
+        need_bytes=_int(raw.get("need_bytes")),
     )
 
 

@@ -72,6 +72,7 @@ class NodeAgent:
                     "in_flight": server.inflight,
                     "queued": queued,
                     "memory_bytes": server.need_bytes if server.state in ALIVE else 0,
+                    "need_bytes": server.need_bytes,
                     "pinned": server.profile.pinned,
                 }
             )
