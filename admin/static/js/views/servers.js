@@ -1,6 +1,7 @@
 // Servers: live state of every profile's model server (polled), start/stop/restart, and the
 // server's log followed live over SSE (fetch streaming, so the token stays in a header).
-// Parts: serverList (the polled table and its actions) and logPanel (one followed log).
+// Parts: serverList (the polled table and its actions), nodeList (admins: the machines running
+// `mlx-manager node`) and logPanel (one followed log).
 
 import { api, follow } from "../api.js";
 import {
@@ -26,17 +27,23 @@ export function render(root, ctx) {
   const { signal } = controller;
   const log = logPanel(signal);
   const servers = serverList({ signal, isAdmin: ctx.user.is_admin }, { showLog: log.open });
+  const nodes = ctx.user.is_admin ? nodeList(signal) : null;
   clear(
     root,
     h("h1", {}, "Servers"),
     servers.summary,
     servers.status,
     h("section", { class: "card" }, servers.table),
+    nodes?.section,
     log.section,
   );
-  servers.poll();
+  const poll = () => {
+    servers.poll();
+    nodes?.poll();
+  };
+  poll();
   const timer = setInterval(() => {
-    if (!document.hidden) servers.poll();
+    if (!document.hidden) poll();
   }, POLL_MS);
   return () => {
     clearInterval(timer);
@@ -57,6 +64,7 @@ function serverList({ signal, isAdmin }, { showLog }) {
     "Last used",
     "Started",
     "PID / port",
+    "Node",
     "",
   ]);
   let memory = null;
@@ -87,15 +95,16 @@ function serverList({ signal, isAdmin }, { showLog }) {
     if (!servers.length) {
       clear(
         list.tbody,
-        h("tr", {}, h("td", { colspan: 9, class: "empty" }, "No profile yet: create one under Profiles.")),
+        h("tr", {}, h("td", { colspan: 10, class: "empty" }, "No profile yet: create one under Profiles.")),
       );
       return;
     }
-    syncRows(list.tbody, servers, (s) => s.profile_id, createRow, updateRow);
+    // A profile on several nodes has one entry per node running it.
+    syncRows(list.tbody, servers, (s) => `${s.profile_id}@${s.node ?? ""}`, createRow, updateRow);
   }
 
   function createRow(server) {
-    const row = h("tr", {}, h("th", { scope: "row" }), ...Array.from({ length: 8 }, () => h("td")));
+    const row = h("tr", {}, h("th", { scope: "row" }), ...Array.from({ length: 9 }, () => h("td")));
     const actions = row.lastElementChild;
     actions.className = "actions";
     const mk = (label, action) => {
@@ -107,21 +116,25 @@ function serverList({ signal, isAdmin }, { showLog }) {
       button.addEventListener("click", () => act(button, row, action));
       return button;
     };
-    if (isAdmin) actions.append(mk("Start", "start"), mk("Stop", "stop"), mk("Restart", "restart"));
+    // Nodes start and stop their servers on demand: nothing to press for those.
+    if (isAdmin && server.node === "local") {
+      actions.append(mk("Start", "start"), mk("Stop", "stop"), mk("Restart", "restart"));
+    }
     const logs = h(
       "button",
       { type: "button", class: "small secondary", dataset: { action: "logs" }, "aria-label": `Show the log of ${server.name}` },
       "Log",
     );
-    logs.addEventListener("click", () => showLog(Number(row.dataset.key), row.dataset.name));
-    actions.append(logs);
+    logs.addEventListener("click", () => showLog(Number(row.dataset.profile), row.dataset.name));
+    if (server.node === "local") actions.append(logs);
     return row;
   }
 
   function updateRow(row, s) {
     row.dataset.name = s.name;
     row.dataset.state = s.state;
-    const [name, state, mem, cpu, inflight, lastUsed, started, pid] = row.children;
+    row.dataset.profile = String(s.profile_id);
+    const [name, state, mem, cpu, inflight, lastUsed, started, pid, node] = row.children;
     clear(
       name,
       h("span", { class: "model-id" }, s.name),
@@ -129,6 +142,7 @@ function serverList({ signal, isAdmin }, { showLog }) {
       s.last_error && !running.has(s.state) ? h("div", { class: "error-text small-text" }, s.last_error) : null,
     );
     clear(state, badge(s.state));
+    node.textContent = s.node === "local" ? "this machine" : s.node || "–";
     mem.className = cpu.className = inflight.className = "num";
     mem.textContent = s.memory_bytes ? formatBytes(s.memory_bytes) : s.need_bytes ? `~${formatBytes(s.need_bytes)}` : "–";
     cpu.textContent = s.cpu_percent == null ? "–" : `${s.cpu_percent.toFixed(1)}%`;
@@ -154,7 +168,7 @@ function serverList({ signal, isAdmin }, { showLog }) {
       button,
       async () => {
         try {
-          const snapshot = await api(`/api/servers/${row.dataset.key}/${action}`, { method: "POST", signal });
+          const snapshot = await api(`/api/servers/${row.dataset.profile}/${action}`, { method: "POST", signal });
           notify(`${name}: ${snapshot.state}`, "success");
         } catch (error) {
           if (error.name !== "AbortError") notify(`${name}: ${error.message}`, "error");
@@ -166,6 +180,40 @@ function serverList({ signal, isAdmin }, { showLog }) {
   }
 
   return { status, summary, table: list.table, poll };
+}
+
+/** Admins: the nodes (machines running `mlx-manager node`), up or down, with their memory. */
+function nodeList(signal) {
+  const list = table("Nodes", ["Node", "Status", "#Free", "#Cap", "#In flight", "Servers", "Last heartbeat"]);
+  const section = h("section", { class: "card", hidden: true }, list.table);
+
+  async function poll() {
+    try {
+      show(await api("/api/nodes", { signal }));
+    } catch (error) {
+      if (error.name !== "AbortError") section.hidden = true;
+    }
+  }
+
+  function show(nodes) {
+    section.hidden = nodes.length === 0; // no nodes: a single machine, nothing to show
+    list.caption.textContent = `Nodes (${nodes.length})`;
+    syncRows(list.tbody, nodes, (n) => n.name, () => h("tr", {}, h("th", { scope: "row" }), ...Array.from({ length: 6 }, () => h("td"))), update);
+  }
+
+  function update(row, n) {
+    const [name, status, free, cap, inflight, servers, seen] = row.children;
+    name.textContent = n.name;
+    clear(status, badge(n.status, n.status === "up" ? "ready" : "failed"));
+    free.className = cap.className = inflight.className = "num";
+    free.textContent = n.memory ? formatBytes(n.memory.free_bytes) : "–";
+    cap.textContent = n.memory ? formatBytes(n.memory.cap_bytes) : "–";
+    inflight.textContent = String(n.in_flight);
+    servers.textContent = n.servers.filter((s) => s.state !== "stopped").map((s) => `${s.profile} (${s.state})`).join(", ") || "none running";
+    clear(seen, timeAgo(n.last_seen));
+  }
+
+  return { section, poll };
 }
 
 /** "2 of 5 running · 3.1 GiB held of a 12 GiB cap" */
