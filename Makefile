@@ -14,7 +14,7 @@ help:
 	@echo "make run    install what is missing, then start the gateway on 127.0.0.1:8080"
 	@echo "make test   install what is missing (test tools included), then run the whole suite"
 	@echo "make lint   ruff (lint + format check) and mypy"
-	@echo "make bench  the proxy benchmark: stub upstream direct vs through the gateway"
+	@echo "make bench  the benchmarks: stub upstream direct vs through the gateway; local vs a node"
 	@echo "make docs   build the documentation site (mkdocs --strict) into site/"
 
 $(BIN)/python:
@@ -56,7 +56,8 @@ docs: $(VENV)/.installed-docs
 	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict
 
 bench: install-test
-	$(BIN)/python -m tests.bench.proxy_bench
+	$(BIN)/python -m tests.bench.proxy_bench; a=$$?; $(BIN)/python -m tests.bench.node_bench; b=$$?; \
+	test $$a -eq 0 -a $$b -eq 0
 
 lint: install-test
 	$(BIN)/ruff check .
