@@ -13,7 +13,6 @@ import asyncio
 import json
 import time
 from collections import Counter
-from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -54,7 +53,7 @@ from tests.support.env import (
     wait_until,
 )
 from tests.support.gateway_process import GatewayProcess, serve_environment
-from tests.support.postgres import PostgresServer, find_bindir
+from tests.support.postgres import PostgresServer
 from tests.test_layering import GATEWAY, impure, pure_module_imports
 
 # 2026-03-31 23:59:30 UTC: the last half-minute of a day and of a month.
@@ -573,17 +572,6 @@ async def test_three_replicas_admit_exactly_the_limit_together(tmp_path: Path, p
 
 
 # ---- a PostgreSQL outage ---------------------------------------------------------------------
-
-
-@pytest.fixture
-async def private_postgres() -> AsyncIterator[PostgresServer]:
-    """A PostgreSQL server of this test's own, free to be stopped."""
-    server = PostgresServer(find_bindir())
-    try:
-        await asyncio.to_thread(server.start)
-        yield server
-    finally:
-        await asyncio.to_thread(server.stop)
 
 
 async def test_while_postgresql_is_down_each_replica_counts_on_its_own(

@@ -47,7 +47,7 @@ from tests.support.env import (
     stub_command,
 )
 from tests.support.gateway_process import GatewayProcess, serve_environment
-from tests.support.postgres import PostgresServer, find_bindir
+from tests.support.postgres import PostgresServer
 from tests.support.waiting import wait_until
 
 NODE_TOKEN = "node-token-for-the-tests-" + "n" * 24
@@ -524,17 +524,6 @@ async def test_a_replica_on_the_same_database_sees_the_nodes_and_routes_to_them(
                 assert f.served_by(events) == "b"
         finally:
             replica.terminate()
-
-
-@pytest.fixture
-async def private_postgres() -> AsyncIterator[PostgresServer]:
-    """A PostgreSQL server of this test's own, free to be stopped."""
-    server = PostgresServer(find_bindir())
-    try:
-        await asyncio.to_thread(server.start)
-        yield server
-    finally:
-        await asyncio.to_thread(server.stop)
 
 
 async def test_nodes_stay_in_rotation_through_a_database_outage(

@@ -38,7 +38,7 @@ from tests.conftest import bearer
 from tests.support import secrets
 from tests.support.env import process_gone, stub_command
 from tests.support.gateway_process import GatewayProcess, serve_environment
-from tests.support.postgres import PostgresServer, find_bindir
+from tests.support.postgres import PostgresServer
 from tests.support.waiting import wait_until
 
 SECRET = "replicas-test-secret-" + "r" * 40
@@ -463,17 +463,6 @@ async def test_a_killed_listener_reconnects_empties_the_cache_and_hears_revocati
 
 
 # ---- a PostgreSQL outage ---------------------------------------------------------------------
-
-
-@pytest.fixture
-async def private_postgres() -> AsyncIterator[PostgresServer]:
-    """A PostgreSQL server of this test's own, free to be stopped and hung."""
-    server = PostgresServer(find_bindir())
-    try:
-        await asyncio.to_thread(server.start)
-        yield server
-    finally:
-        await asyncio.to_thread(server.stop)
 
 
 def _signal_cluster(server: PostgresServer, which: signal.Signals) -> None:

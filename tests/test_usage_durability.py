@@ -35,7 +35,7 @@ from tests.support import secrets
 from tests.support.env import chat_body, port_base, stub_command
 from tests.support.gateway import running_gateway
 from tests.support.gateway_process import GatewayProcess, serve_environment
-from tests.support.postgres import PostgresServer, find_bindir
+from tests.support.postgres import PostgresServer
 from tests.support.waiting import wait_until
 
 SECRET = "usage-durability-secret-" + "u" * 40
@@ -371,17 +371,6 @@ async def test_a_gateway_killed_mid_traffic_accounts_every_answer_once(
     assert not list((home / SPOOL_DIR).glob(f"*-{first.pid}-*")), "the dead spool stayed"
 
 
-@pytest.fixture
-def private_postgres() -> Iterator[PostgresServer]:
-    """A PostgreSQL server of this test's own, to stop and start at will."""
-    server = PostgresServer(find_bindir())
-    server.start()
-    try:
-        yield server
-    finally:
-        server.stop()
-
-
 async def test_postgres_restarting_mid_traffic_loses_and_doubles_nothing(
     tmp_path: Path,
     private_postgres: PostgresServer,
@@ -529,7 +518,8 @@ async def test_a_full_spool_refuses_new_requests_until_the_database_takes_it(
         await wait_until(served, timeout=PATIENCE, interval=0.2, message="served again")
         await usage.flush()
         ready = (await client.get("/ready")).json()
-        assert ready["status"] == "ready" and "usage_spool" not in ready, ready
+        assert ready["status"] == "ready", ready
+        assert "usage_spool" not in ready
         assert len(await _usage_ids(url, "fill")) == filled
         assert await _usage_ids(url, "below") == ["below-cap"]
         assert await _record_ids_unique(url)

@@ -13,6 +13,7 @@ keeps `CREATE DATABASE` and each commit cheap on a busy 2-core machine.
 As a pytest plugin (listed in tests/conftest.py's `pytest_plugins`) this module gives:
 - `postgres_server`: the session's server, started on first use;
 - `postgres_url`: a `postgresql+asyncpg://` URL of a new, empty database for one test;
+- `private_postgres`: a server of one test's own, for outages (stop, hang, restart);
 - `database_url`: None (SQLite, the default) or a fresh PostgreSQL URL, for the tests marked
   `@pytest.mark.both_databases`, which run once on each (ids `sqlite` and `postgresql`).
   tests/conftest.py's `settings` fixture takes it, so every fixture built on `settings`
@@ -297,6 +298,18 @@ def pytest_terminal_summary(terminalreporter: Any) -> None:
             f"PostgreSQL test server ({server.bindir}): started in "
             f"{server.startup_seconds:.2f} s, {server.databases} test databases"
         )
+
+
+@pytest.fixture
+async def private_postgres() -> AsyncIterator[PostgresServer]:
+    """A PostgreSQL server of one test's own, free to be stopped, hung (SIGSTOP) and restarted
+    without disturbing the session's shared server."""
+    server = PostgresServer(find_bindir())
+    try:
+        await asyncio.to_thread(server.start)
+        yield server
+    finally:
+        await asyncio.to_thread(server.stop)
 
 
 @pytest.fixture(scope="session")
