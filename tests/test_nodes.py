@@ -682,3 +682,26 @@ async def test_the_real_model_server_on_a_node(tmp_path: Path) -> None:
         await wait_until(ready_on_b, message="/api/servers: tiny ready on b")
         status = await f.nodes_json()
         assert status["a"]["servers"] == []  # never sent to a
+
+
+def test_a_node_has_the_gateways_http_edge_limits(tmp_path: Path) -> None:
+    """A node listens on the network too: the same head size limit as the gateway (431),
+    checked before the token."""
+    env = serve_environment(
+        tmp_path / "node-home",
+        SECRET,
+        node_token=NODE_TOKEN,
+        gateway_url="http://127.0.0.1:9",  # nobody: heartbeats fail, the node still serves
+        max_header_bytes="4096",
+    )
+    node = GatewayProcess(env, tmp_path / "node.log", command="node")
+    try:
+        node.wait_healthy_sync()
+        big = {"x-padding": "p" * 8192, "authorization": f"Bearer {NODE_TOKEN}"}
+        response = httpx.get(f"{node.url}/node/status", headers=big, trust_env=False)
+        assert response.status_code == 431, response.text
+        small = {"authorization": f"Bearer {NODE_TOKEN}"}
+        response = httpx.get(f"{node.url}/node/status", headers=small, trust_env=False)
+        assert response.status_code == 200, response.text
+    finally:
+        node.terminate()

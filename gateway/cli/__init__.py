@@ -11,7 +11,7 @@ import gc
 import socket
 import sys
 from types import FrameType
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.console import Console
@@ -25,6 +25,9 @@ from gateway.errors import GatewayError
 from gateway.settings import Settings, SettingsError, load_settings
 from gateway.store.users import list_users, register_user
 from gateway.tables import User
+
+if TYPE_CHECKING:
+    from starlette.applications import Starlette
 
 app = typer.Typer(help="mlx-manager: an OpenAI-compatible gateway for local MLX models.")
 user_app = typer.Typer(help="Manage user accounts directly in the database.")
@@ -50,9 +53,6 @@ def serve(
     port: Annotated[int | None, typer.Option(help="Bind port (MLX_MANAGER_PORT).")] = None,
 ) -> None:
     """Run the gateway: /v1 (OpenAI-compatible) and /api (admin) on one address."""
-    import uvicorn
-
-    from gateway.edge import uvicorn_options
     from gateway.log_setup import configure_logging
     from gateway.main import build_app
 
@@ -68,7 +68,14 @@ def serve(
         errors.print(f"[red]{escape(str(exc))}[/red]")
         raise typer.Exit(2) from exc
     configure_logging(settings.log_level, settings.log_json)
-    app = build_app(settings)
+    _run(build_app(settings), settings)
+
+
+def _run(asgi_app: Starlette, settings: Settings) -> None:
+    """Serve `asgi_app` (the gateway, or a node) with uvicorn behind the edge limits."""
+    import uvicorn
+
+    from gateway.edge import uvicorn_options
 
     class Server(uvicorn.Server):
         """uvicorn, plus two things it can't know: freeze the startup heap for the collector,
@@ -83,13 +90,13 @@ def serve(
             gc.freeze()
 
         def handle_exit(self, sig: int, frame: FrameType | None) -> None:
-            gateway = getattr(app.state, "gateway", None)
-            if gateway is not None:
-                gateway.stopping.set()
+            core = getattr(asgi_app.state, "gateway", None)
+            if core is not None:
+                core.stopping.set()
             super().handle_exit(sig, frame)
 
     config = uvicorn.Config(
-        app,
+        asgi_app,
         host=settings.host,
         port=settings.port,
         log_config=None,
@@ -112,8 +119,6 @@ def node(
     ] = None,
 ) -> None:
     """Run a node: this machine's model servers, serving a gateway on another machine."""
-    import uvicorn
-
     from gateway.log_setup import configure_logging
     from gateway.node.app import create_node_app
 
@@ -139,24 +144,7 @@ def node(
         errors.print(f"[red]a node needs {escape(' and '.join(missing))}[/red]")
         raise typer.Exit(2)
     configure_logging(settings.log_level, settings.log_json)
-    node_app = create_node_app(settings)
-
-    class Server(uvicorn.Server):
-        def handle_exit(self, sig: int, frame: FrameType | None) -> None:
-            gateway_core = getattr(node_app.state, "gateway", None)
-            if gateway_core is not None:
-                gateway_core.stopping.set()
-            super().handle_exit(sig, frame)
-
-    config = uvicorn.Config(
-        node_app,
-        host=settings.host,
-        port=settings.port,
-        log_config=None,
-        access_log=False,
-        timeout_graceful_shutdown=int(settings.stop_timeout) + 5,
-    )
-    Server(config).run()
+    _run(create_node_app(settings), settings)
 
 
 @user_app.command("create")
