@@ -24,7 +24,17 @@ from pathlib import Path
 
 import aiohttp
 
-from tests.bench.proxy_bench import BODY, STREAM_BODY, Result, drive, wait_http
+from tests.bench.proxy_bench import (
+    BODY,
+    STREAM_BODY,
+    Cases,
+    bench_key,
+    compare,
+    drive,
+    measure,
+    verdict,
+    wait_http,
+)
 from tests.support.stub_server import STUB_SCRIPT, free_port
 
 
@@ -62,21 +72,15 @@ async def main(scale: float) -> int:
     try:
         await wait_http(base + "/health")
         await wait_http(f"http://127.0.0.1:{node_port}/health")
+        command = [sys.executable, str(STUB_SCRIPT), "--port", "{port}", "--quiet"]
+        command += ["--chunks", "32"]
+        profiles: list[dict[str, object]] = [
+            {"name": name, "command": command, "nodes": nodes}
+            for name, nodes in (("local", None), ("remote", ["n1"]))
+        ]
         async with aiohttp.ClientSession() as session:
-            creds = {"email": "bench@example.com", "password": "bench-password"}
-            await (await session.post(base + "/api/auth/register", json=creds)).read()
-            login = await (await session.post(base + "/api/auth/login", json=creds)).json()
-            admin = {"Authorization": f"Bearer {login['access_token']}"}
-            key = await (
-                await session.post(base + "/api/keys", json={"name": "bench"}, headers=admin)
-            ).json()
-            command = [sys.executable, str(STUB_SCRIPT), "--port", "{port}", "--quiet"]
-            command += ["--chunks", "32"]
-            for name, nodes in (("local", None), ("remote", ["n1"])):
-                profile = {"name": name, "command": command, "nodes": nodes}
-                response = await session.post(base + "/api/profiles", json=profile, headers=admin)
-                assert response.status == 201, await response.text()
-        auth = {"Authorization": f"Bearer {key['key']}", "Content-Type": "application/json"}
+            key = await bench_key(session, base, profiles)
+        auth = {"Authorization": f"Bearer {key}", "Content-Type": "application/json"}
         url = base + "/v1/chat/completions"
         bodies = {
             name: (
@@ -86,7 +90,7 @@ async def main(scale: float) -> int:
             for name in ("local", "remote")
         }
         n1, n32, ns = int(1000 * scale), int(4000 * scale), int(1000 * scale)
-        rows: dict[str, dict[str, Result]] = {}
+        rows: dict[str, Cases] = {}
         connector = aiohttp.TCPConnector(limit=0)
         async with aiohttp.ClientSession(connector=connector) as session:
             deadline = time.monotonic() + 60
@@ -100,14 +104,10 @@ async def main(scale: float) -> int:
                 await asyncio.sleep(0.2)
             for body, _ in bodies.values():  # warm-up
                 await drive(session, url, auth, body, 8, 200, False)
-            for name, (body, stream_body) in bodies.items():
-                rows[name] = {
-                    "c1": await drive(session, url, auth, body, 1, n1, False),
-                    "c32": await drive(session, url, auth, body, 32, n32, False),
-                    "stream32": await drive(session, url, auth, stream_body, 32, ns, True),
-                }
-        report(rows)
-        return 0
+            for name, pair in bodies.items():
+                rows[name] = await measure(session, url, auth, pair, (n1, n32, ns))
+        added = compare(("local", "node"), rows["local"], rows["remote"])
+        return verdict([("added p50 <= 1 ms at c=1 over a local server", added <= 1.0)])
     finally:
         for proc in (node, gateway):
             proc.terminate()
@@ -116,24 +116,6 @@ async def main(scale: float) -> int:
                 proc.wait(timeout=30)
             except subprocess.TimeoutExpired:
                 proc.kill()
-
-
-def report(rows: dict[str, dict[str, Result]]) -> None:
-    local, remote = rows["local"], rows["remote"]
-    print(f"\n{'case':<34}{'local':>12}{'node':>12}{'ratio':>8}")
-    lines = [
-        ("non-stream c=1   req/s", local["c1"].rate, remote["c1"].rate),
-        ("non-stream c=1   p50 ms", local["c1"].pct(0.5), remote["c1"].pct(0.5)),
-        ("non-stream c=1   p99 ms", local["c1"].pct(0.99), remote["c1"].pct(0.99)),
-        ("non-stream c=32  req/s", local["c32"].rate, remote["c32"].rate),
-        ("non-stream c=32  p50 ms", local["c32"].pct(0.5), remote["c32"].pct(0.5)),
-        ("32-chunk streams c=32  streams/s", local["stream32"].rate, remote["stream32"].rate),
-    ]
-    for label, here, there in lines:
-        print(f"{label:<34}{here:>12.1f}{there:>12.1f}{there / here:>8.2f}")
-    added = remote["c1"].pct(0.5) - local["c1"].pct(0.5)
-    print(f"{'added p50 at c=1 via a node (ms)':<34}{added:>32.2f}")
-    print(f"\n{'PASS' if added <= 1.0 else 'MISS'}  added p50 <= 1 ms at c=1 over a local server")
 
 
 if __name__ == "__main__":

@@ -87,6 +87,72 @@ async def drive(
     return Result("", total, time.perf_counter() - started, latencies)
 
 
+Cases = dict[str, Result]  # "c1", "c32", "stream32"
+
+
+async def measure(
+    session: aiohttp.ClientSession,
+    url: str,
+    headers: dict[str, str],
+    bodies: tuple[bytes, bytes],
+    counts: tuple[int, int, int],
+) -> Cases:
+    """The three cases every benchmark reports: non-stream at c=1 and c=32, streams at c=32."""
+    body, stream_body = bodies
+    n1, n32, ns = counts
+    return {
+        "c1": await drive(session, url, headers, body, 1, n1, False),
+        "c32": await drive(session, url, headers, body, 32, n32, False),
+        "stream32": await drive(session, url, headers, stream_body, 32, ns, True),
+    }
+
+
+async def bench_key(
+    session: aiohttp.ClientSession, base: str, profiles: list[dict[str, object]]
+) -> str:
+    """Register the first (admin) user on a fresh gateway, create `profiles`, return an API
+    key for /v1."""
+    creds = {"email": "bench@example.com", "password": "bench-password"}
+    await (await session.post(base + "/api/auth/register", json=creds)).read()
+    login = await (await session.post(base + "/api/auth/login", json=creds)).json()
+    admin = {"Authorization": f"Bearer {login['access_token']}"}
+    key = await (
+        await session.post(base + "/api/keys", json={"name": "bench"}, headers=admin)
+    ).json()
+    for profile in profiles:
+        response = await session.post(base + "/api/profiles", json=profile, headers=admin)
+        assert response.status == 201, await response.text()
+    secret: str = key["key"]
+    return secret
+
+
+def compare(names: tuple[str, str], a: Cases, b: Cases) -> float:
+    """Print the cases side by side with the ratio b/a; return b's added p50 at c=1 (ms)."""
+    print(f"\n{'case':<34}{names[0]:>12}{names[1]:>12}{'ratio':>8}")
+    lines = [
+        ("non-stream c=1   req/s", a["c1"].rate, b["c1"].rate),
+        ("non-stream c=1   p50 ms", a["c1"].pct(0.5), b["c1"].pct(0.5)),
+        ("non-stream c=1   p99 ms", a["c1"].pct(0.99), b["c1"].pct(0.99)),
+        ("non-stream c=32  req/s", a["c32"].rate, b["c32"].rate),
+        ("non-stream c=32  p50 ms", a["c32"].pct(0.5), b["c32"].pct(0.5)),
+        ("non-stream c=32  p99 ms", a["c32"].pct(0.99), b["c32"].pct(0.99)),
+        ("32-chunk streams c=32  streams/s", a["stream32"].rate, b["stream32"].rate),
+    ]
+    for label, left, right in lines:
+        print(f"{label:<34}{left:>12.1f}{right:>12.1f}{right / left:>8.2f}")
+    added = b["c1"].pct(0.5) - a["c1"].pct(0.5)
+    print(f"{'added p50 latency at c=1 (ms)':<34}{added:>32.2f}")
+    return added
+
+
+def verdict(checks: list[tuple[str, bool]]) -> int:
+    """PASS or MISS per target; the exit status `make bench` fails on."""
+    print()
+    for label, ok in checks:
+        print(f"{'PASS' if ok else 'MISS'}  {label}")
+    return 0 if all(ok for _, ok in checks) else 1
+
+
 async def wait_http(url: str, deadline: float = 60) -> None:
     end = time.monotonic() + deadline
     async with aiohttp.ClientSession() as session:
@@ -125,39 +191,36 @@ async def main(scale: float) -> int:
         base = f"http://127.0.0.1:{gw_port}"
         await wait_http(base + "/health")
         await wait_http(f"http://127.0.0.1:{stub_port}/health")
+        command = [sys.executable, str(STUB_SCRIPT), "--port", "{port}", *stub_args]
         async with aiohttp.ClientSession() as session:
-            creds = {"email": "bench@example.com", "password": "bench-password"}
-            await (await session.post(base + "/api/auth/register", json=creds)).read()
-            login = await (await session.post(base + "/api/auth/login", json=creds)).json()
-            admin = {"Authorization": f"Bearer {login['access_token']}"}
-            key = await (
-                await session.post(base + "/api/keys", json={"name": "bench"}, headers=admin)
-            ).json()
-            command = [sys.executable, str(STUB_SCRIPT), "--port", "{port}", *stub_args]
-            profile = {"name": "bench", "command": command}
-            response = await session.post(base + "/api/profiles", json=profile, headers=admin)
-            assert response.status == 201, await response.text()
-
-        auth = {"Authorization": f"Bearer {key['key']}", "Content-Type": "application/json"}
+            key = await bench_key(session, base, [{"name": "bench", "command": command}])
+        auth = {"Authorization": f"Bearer {key}", "Content-Type": "application/json"}
         plain = {"Content-Type": "application/json"}
         targets = {
             "direct": (f"http://127.0.0.1:{stub_port}/v1/chat/completions", plain),
             "gateway": (base + "/v1/chat/completions", auth),
         }
         n1, n32, ns = int(1000 * scale), int(6000 * scale), int(1500 * scale)
-        rows: dict[str, dict[str, Result]] = {}
+        rows: dict[str, Cases] = {}
         connector = aiohttp.TCPConnector(limit=0)
         async with aiohttp.ClientSession(connector=connector) as session:
             for url, headers in targets.values():  # warm-up (also starts the server)
                 await drive(session, url, headers, BODY, 8, 200, False)
             for name, (url, headers) in targets.items():
-                rows[name] = {
-                    "c1": await drive(session, url, headers, BODY, 1, n1, False),
-                    "c32": await drive(session, url, headers, BODY, 32, n32, False),
-                    "stream32": await drive(session, url, headers, STREAM_BODY, 32, ns, True),
-                }
-        report(rows)
-        return check(rows)
+                rows[name] = await measure(
+                    session, url, headers, (BODY, STREAM_BODY), (n1, n32, ns)
+                )
+        added = compare(("direct", "gateway"), rows["direct"], rows["gateway"])
+        return verdict(
+            [
+                ("gateway >= 1000 req/s at c=32", rows["gateway"]["c32"].rate >= 1000),
+                ("added p50 <= 1 ms at c=1", added <= 1.0),
+                (
+                    "streams >= 0.5 x direct",
+                    rows["gateway"]["stream32"].rate >= 0.5 * rows["direct"]["stream32"].rate,
+                ),
+            ]
+        )
     finally:
         for proc in (gateway, direct):
             proc.terminate()
@@ -166,37 +229,6 @@ async def main(scale: float) -> int:
                 proc.wait(timeout=20)
             except subprocess.TimeoutExpired:
                 proc.kill()
-
-
-def report(rows: dict[str, dict[str, Result]]) -> None:
-    d, g = rows["direct"], rows["gateway"]
-    print(f"\n{'case':<34}{'direct':>12}{'gateway':>12}{'ratio':>8}")
-    lines = [
-        ("non-stream c=1   req/s", d["c1"].rate, g["c1"].rate),
-        ("non-stream c=1   p50 ms", d["c1"].pct(0.5), g["c1"].pct(0.5)),
-        ("non-stream c=1   p99 ms", d["c1"].pct(0.99), g["c1"].pct(0.99)),
-        ("non-stream c=32  req/s", d["c32"].rate, g["c32"].rate),
-        ("non-stream c=32  p50 ms", d["c32"].pct(0.5), g["c32"].pct(0.5)),
-        ("non-stream c=32  p99 ms", d["c32"].pct(0.99), g["c32"].pct(0.99)),
-        ("32-chunk streams c=32  streams/s", d["stream32"].rate, g["stream32"].rate),
-    ]
-    for label, direct, gateway in lines:
-        print(f"{label:<34}{direct:>12.1f}{gateway:>12.1f}{gateway / direct:>8.2f}")
-    added = g["c1"].pct(0.5) - d["c1"].pct(0.5)
-    print(f"{'added p50 latency at c=1 (ms)':<34}{added:>32.2f}")
-
-
-def check(rows: dict[str, dict[str, Result]]) -> int:
-    d, g = rows["direct"], rows["gateway"]
-    checks = [
-        ("gateway >= 1000 req/s at c=32", g["c32"].rate >= 1000),
-        ("added p50 <= 1 ms at c=1", g["c1"].pct(0.5) - d["c1"].pct(0.5) <= 1.0),
-        ("streams >= 0.5 x direct", g["stream32"].rate >= 0.5 * d["stream32"].rate),
-    ]
-    print()
-    for label, ok in checks:
-        print(f"{'PASS' if ok else 'MISS'}  {label}")
-    return 0 if all(ok for _, ok in checks) else 1
 
 
 if __name__ == "__main__":
