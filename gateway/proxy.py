@@ -49,6 +49,7 @@ from gateway.limiter import refusal
 from gateway.request_id import request_id_of
 from gateway.runtime import Gateway
 from gateway.serving.manager import Lease, ManagedServer
+from gateway.settings import Settings
 from gateway.upstream_errors import openai_status, to_openai_error
 from gateway.usage import USAGE_MODEL_CHARS, RequestTap, tokens_in
 
@@ -180,10 +181,7 @@ class ProxyEndpoint:
         tap: RequestTap,
     ) -> None:
         try:
-            body = await read_body(request, gateway.settings.max_body_bytes)
-            content_type = request.headers.get("content-type", "")
-            limit = gateway.settings.max_model_name_bytes
-            model, body = await route_fields(scope, content_type, body, limit)
+            model, content_type, body = await read_routed(request, gateway.settings)
             tap.model = model
             server = await _resolve_or_create(gateway, principal, model)
             tap.profile = server.name
@@ -289,6 +287,17 @@ async def _wait_for_disconnect(receive: Receive) -> None:
         message = await receive()
         if message["type"] == "http.disconnect":
             return
+
+
+async def read_routed(request: Request, settings: Settings) -> tuple[str, str, bytes]:
+    """A /v1 request's `model`, content type and body (bounded by MLX_MANAGER_MAX_BODY_MB; the
+    model by MLX_MANAGER_MAX_MODEL_NAME_BYTES): what the gateway and a node route by."""
+    body = await read_body(request, settings.max_body_bytes)
+    content_type = request.headers.get("content-type", "")
+    model, body = await route_fields(
+        request.scope, content_type, body, settings.max_model_name_bytes
+    )
+    return model, content_type, body
 
 
 async def route_fields(

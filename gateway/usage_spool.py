@@ -33,6 +33,7 @@ from typing import Any
 
 import psutil
 
+from gateway.serving.process import recorded_process
 from gateway.settings import make_private_dir
 
 log = logging.getLogger("mlx_manager.usage")
@@ -41,8 +42,6 @@ SPOOL_DIR = "usage-spool"
 REJECTED_DIR = "rejected"  # rows the database refused as invalid: kept for the operator
 SUFFIX = ".jsonl"
 _UNSAFE = re.compile(r"[^A-Za-z0-9._]")
-# A process start time matches within this (psutil rounds differently across calls).
-START_TIME_SLACK = 0.5
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,11 +62,7 @@ class SpoolOwner:
 
     def alive(self) -> bool:
         """Whether this process still runs (same pid and the same start time)."""
-        try:
-            started = psutil.Process(self.pid).create_time()
-        except psutil.Error:
-            return False
-        return abs(started - self.start_ms / 1000) <= START_TIME_SLACK
+        return recorded_process(self.pid, self.start_ms / 1000) is not None
 
 
 def parse_segment_name(name: str) -> tuple[SpoolOwner, int] | None:

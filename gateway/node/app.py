@@ -20,9 +20,8 @@ from starlette.types import Receive, Scope, Send
 
 from gateway.errors import GatewayError, error_response
 from gateway.fleet.auth import require_node_token
-from gateway.http import read_body
 from gateway.node.agent import NodeAgent
-from gateway.proxy import ENDPOINTS, ModelNotFound, route_fields, serve_local, until_disconnect
+from gateway.proxy import ENDPOINTS, ModelNotFound, read_routed, serve_local, until_disconnect
 from gateway.request_id import RequestIdMiddleware
 from gateway.runtime import Gateway
 from gateway.settings import Settings
@@ -42,10 +41,7 @@ class NodeEndpoint:
         request = Request(scope, receive)
         try:
             require_node_token(request.headers, gateway.settings.node_token)
-            body = await read_body(request, gateway.settings.max_body_bytes)
-            content_type = request.headers.get("content-type", "")
-            limit = gateway.settings.max_model_name_bytes
-            model, body = await route_fields(scope, content_type, body, limit)
+            model, _, body = await read_routed(request, gateway.settings)
             server = gateway.servers.resolve(model)
             if server is None:
                 raise ModelNotFound(

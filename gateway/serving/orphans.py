@@ -20,7 +20,7 @@ import psutil
 from sqlalchemy.ext.asyncio import async_sessionmaker
 from sqlmodel.ext.asyncio.session import AsyncSession
 
-from gateway.serving.process import ModelProcess, kill_recorded_process
+from gateway.serving.process import ModelProcess, kill_recorded_process, recorded_process
 from gateway.store import instances
 from gateway.tables import RunningInstance
 
@@ -48,16 +48,9 @@ class GatewayIdentity:
         rows, alive or on another machine, are never touched."""
         if row.host not in ("", self.host) or self.owns(row):
             return False
-        return not _gateway_alive(row.gateway_pid, row.gateway_create_time)
-
-
-def _gateway_alive(pid: int, create_time: float) -> bool:
-    if not create_time:
-        return False  # recorded before gateways said when they started: treat as gone
-    try:
-        return abs(psutil.Process(pid).create_time() - create_time) <= 0.5
-    except psutil.Error:
-        return False
+        if not row.gateway_create_time:
+            return True  # recorded before gateways said when they started: treat as gone
+        return recorded_process(row.gateway_pid, row.gateway_create_time) is None
 
 
 class InstanceRecords:

@@ -233,16 +233,31 @@ def pick_port(start: int, taken: Iterable[int], limit: int = 1000) -> int:
     raise StartFailed(f"no free port in {start}..{start + limit - 1}; set DEFAULT_PORT_START")
 
 
+# psutil's start times of one process differ by rounding between calls; a reused pid's differ
+# by far more than this.
+START_TIME_SLACK = 0.5
+
+
+def recorded_process(pid: int, create_time: float) -> psutil.Process | None:
+    """The process recorded as (pid, start time), if it still runs: the pid alone may have
+    been reused by an unrelated process. How every record of a process is checked (model
+    servers, gateways in running_instances, usage spool owners)."""
+    try:
+        proc = psutil.Process(pid)
+        if abs(proc.create_time() - create_time) <= START_TIME_SLACK:
+            return proc
+    except psutil.Error:
+        pass
+    return None
+
+
 def kill_recorded_process(pid: int, create_time: float, grace: float) -> bool:
     """Kill a process group we recorded earlier, only if pid *and* start time still match.
 
     Blocking (it waits up to `grace`): run it in a thread. Returns True when something was killed.
     """
-    try:
-        proc = psutil.Process(pid)
-        if abs(proc.create_time() - create_time) > 0.5:
-            return False  # the pid was reused by an unrelated process
-    except psutil.Error:
+    proc = recorded_process(pid, create_time)
+    if proc is None:
         return False
     signal_group(pid, signal.SIGTERM)
     if not _wait_exited(proc, grace):
