@@ -10,7 +10,10 @@ from typing import Any
 
 import httpx
 import pytest
+from sqlalchemy.ext.asyncio import async_sessionmaker
+from sqlmodel.ext.asyncio.session import AsyncSession
 
+from gateway.db import create_engine, migrate, session_factory
 from gateway.settings import Settings
 from tests.support import secrets
 from tests.support.gateway import GatewayHandle, running_gateway
@@ -130,3 +133,14 @@ async def approved_user(
 
 def bearer(token: str) -> dict[str, str]:
     return {"Authorization": f"Bearer {token}"}
+
+
+@pytest.fixture
+async def sessions(tmp_path: Path) -> AsyncIterator[async_sessionmaker[AsyncSession]]:
+    """Sessions on a migrated SQLite file of the test's own: the store without a gateway."""
+    engine = create_engine(f"sqlite+aiosqlite:///{tmp_path / 'store.db'}")
+    await migrate(engine)
+    try:
+        yield session_factory(engine)
+    finally:
+        await engine.dispose()

@@ -30,7 +30,6 @@ from sqlmodel.ext.asyncio.session import AsyncSession
 
 from gateway import store
 from gateway.auth import Authenticator
-from gateway.db import create_engine, migrate, session_factory
 from gateway.errors import Unauthorized
 from gateway.settings import load_settings
 from gateway.tokens import issue_access_token
@@ -72,16 +71,6 @@ def test_auth_and_readiness_settings_accept_their_bounds(monkeypatch: pytest.Mon
 
 
 # ---- the authenticator's TTLs on a real SQLite database (one gateway) ------------------------
-
-
-@pytest.fixture
-async def sessions(tmp_path: Path) -> AsyncIterator[async_sessionmaker[AsyncSession]]:
-    engine = create_engine(f"sqlite+aiosqlite:///{tmp_path / 'auth.db'}")
-    await migrate(engine)
-    try:
-        yield session_factory(engine)
-    finally:
-        await engine.dispose()
 
 
 async def _user_token(sessions: async_sessionmaker[AsyncSession], email: str) -> tuple[int, str]:

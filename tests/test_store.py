@@ -6,7 +6,6 @@ The store functions run on a real (temporary) SQLite database migrated like the 
 from __future__ import annotations
 
 import ast
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
@@ -14,7 +13,6 @@ from sqlalchemy.ext.asyncio import async_sessionmaker
 from sqlmodel.ext.asyncio.session import AsyncSession
 
 from gateway import store
-from gateway.db import create_engine, migrate, session_factory
 from gateway.errors import Conflict
 from gateway.tables import ServerProfile
 from gateway.tokens import hash_api_key
@@ -73,16 +71,6 @@ def test_the_sql_check_sees_queries(tmp_path: Path) -> None:
         "session.add() at line 5",
         "session.commit() at line 4",
     ]
-
-
-@pytest.fixture
-async def sessions(tmp_path: Path) -> AsyncIterator[async_sessionmaker[AsyncSession]]:
-    engine = create_engine(f"sqlite+aiosqlite:///{tmp_path / 'store.db'}")
-    await migrate(engine)
-    try:
-        yield session_factory(engine)
-    finally:
-        await engine.dispose()
 
 
 async def test_profiles_keep_unique_names(sessions: async_sessionmaker[AsyncSession]) -> None:

@@ -134,7 +134,7 @@ async def open_listener(
 
 def listener_application_name() -> str:
     """This gateway's listener in pg_stat_activity: which replica (pid and host) it is."""
-    name = f"{LISTENER_APPLICATION_NAME} {os.getpid()}@{socket.gethostname()}"
+    name = f"{LISTENER_APPLICATION_NAME} {ORIGIN}"
     return name.encode()[:63].decode(errors="ignore")
 
 
