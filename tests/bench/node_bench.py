@@ -32,6 +32,7 @@ from tests.bench.proxy_bench import (
     compare,
     drive,
     measure,
+    stop,
     verdict,
     wait_http,
 )
@@ -109,13 +110,7 @@ async def main(scale: float) -> int:
         added = compare(("local", "node"), rows["local"], rows["remote"])
         return verdict([("added p50 <= 1 ms at c=1 over a local server", added <= 1.0)])
     finally:
-        for proc in (node, gateway):
-            proc.terminate()
-        for proc in (node, gateway):
-            try:
-                proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                proc.kill()
+        stop(node, gateway)
 
 
 if __name__ == "__main__":

@@ -222,13 +222,18 @@ async def main(scale: float) -> int:
             ]
         )
     finally:
-        for proc in (gateway, direct):
-            proc.terminate()
-        for proc in (gateway, direct):
-            try:
-                proc.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                proc.kill()
+        stop(gateway, direct)
+
+
+def stop(*processes: subprocess.Popen[bytes]) -> None:
+    """SIGTERM them all, then wait for each (a gateway stops its model servers first)."""
+    for proc in processes:
+        proc.terminate()
+    for proc in processes:
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
 
 
 if __name__ == "__main__":
