@@ -1,19 +1,23 @@
 """Prometheus metrics (prometheus-client), one registry per app so tests never share state.
 
 Request metrics are recorded where usage is accounted (after the response, off the critical
-path); server state is read at scrape time from the server manager, so nothing is duplicated.
+path); server, node and usage-spool state is read at scrape time from the objects that own it
+(server manager, fleet registry, usage spool), so nothing is duplicated and no request pays.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
+from datetime import datetime
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from gateway.fleet.registry import FleetRegistry
 from gateway.serving.manager import ServerManager
-from gateway.types import SERVER_STATES
+from gateway.types import SERVER_STATES, utcnow
+from gateway.usage_spool import UsageSpool
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 UNKNOWN_MODEL = "unknown"  # the one label for requests that named no known profile
@@ -82,6 +86,12 @@ class Metrics:
 
     def watch_servers(self, manager: ServerManager) -> None:
         self.registry.register(ServerCollector(manager))
+
+    def watch_fleet(self, fleet: FleetRegistry) -> None:
+        self.registry.register(NodeCollector(fleet))
+
+    def watch_usage_spool(self, spool: UsageSpool) -> None:
+        self.registry.register(UsageSpoolCollector(spool))
 
     def add_collector(self, collect: Callable[[], Iterable[Metric]]) -> None:
         """Let other parts (downloads) expose metrics read at scrape time."""
@@ -156,3 +166,106 @@ class ServerCollector(Collector):
         cap = GaugeMetricFamily("mlx_manager_memory_cap_bytes", "Memory cap for all servers.")
         cap.add_metric([], manager.cap_bytes)
         yield from (state, memory, need, inflight, cap)
+
+
+def _number(value: object) -> float | None:
+    """A count from a node's report, or None: the list may gain entries (the local machine)
+    that lack a field, and a missing gauge is honest where a made-up 0 is not."""
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        return float(value)
+    return None
+
+
+def _age_seconds(last_seen: object, now: datetime) -> float | None:
+    if not isinstance(last_seen, str):
+        return None
+    try:
+        seen = datetime.fromisoformat(last_seen)
+    except ValueError:
+        return None
+    if seen.tzinfo is None:
+        return None
+    return max(0.0, (now - seen).total_seconds())
+
+
+class NodeCollector(Collector):
+    """Per-node health, memory and load, read from the fleet registry's `/api/nodes` view on
+    scrape. Node names are registered nodes (a bounded set), so they are safe as labels."""
+
+    def __init__(self, fleet: FleetRegistry) -> None:
+        self._fleet = fleet
+
+    def collect(self) -> Iterable[Metric]:
+        up = GaugeMetricFamily(
+            "mlx_manager_node_up", "1 while the node is in rotation, 0 when down.", labels=["node"]
+        )
+        age = GaugeMetricFamily(
+            "mlx_manager_node_heartbeat_age_seconds",
+            "Seconds since the node's last heartbeat reached this gateway.",
+            labels=["node"],
+        )
+        memory = {
+            key: GaugeMetricFamily(f"mlx_manager_node_memory_{key}", help_text, labels=["node"])
+            for key, help_text in (
+                ("cap_bytes", "The node's memory cap for model servers."),
+                ("used_bytes", "Memory the node's model servers hold."),
+                ("free_bytes", "Memory left under the node's cap."),
+            )
+        }
+        inflight = GaugeMetricFamily(
+            "mlx_manager_node_inflight", "Requests in flight on the node.", labels=["node"]
+        )
+        queued = GaugeMetricFamily(
+            "mlx_manager_node_queued", "Requests queued on the node.", labels=["node"]
+        )
+        now = utcnow()
+        for entry in self._fleet.to_json():
+            name = entry.get("name")
+            if not isinstance(name, str) or not name:
+                continue
+            up.add_metric([name], 1.0 if entry.get("status") == "up" else 0.0)
+            seconds = _age_seconds(entry.get("last_seen"), now)
+            if seconds is not None:
+                age.add_metric([name], seconds)
+            reported = entry.get("memory")
+            if isinstance(reported, dict):
+                for key, family in memory.items():
+                    amount = _number(reported.get(key))
+                    if amount is not None:
+                        family.add_metric([name], amount)
+            for key, family in (("in_flight", inflight), ("queued", queued)):
+                count = _number(entry.get(key))
+                if count is not None:
+                    family.add_metric([name], count)
+        yield from (up, age, *memory.values(), inflight, queued)
+
+
+class UsageSpoolCollector(Collector):
+    """The usage spool's backlog: records spooled to disk but not yet committed to the
+    database. It grows while the database is unreachable; at its cap /v1 answers 503."""
+
+    def __init__(self, spool: UsageSpool) -> None:
+        self._spool = spool
+
+    def collect(self) -> Iterable[Metric]:
+        spool = self._spool
+        for name, amount, help_text in (
+            (
+                "mlx_manager_usage_spool_bytes",
+                spool.pending_bytes,
+                "Usage records spooled by this gateway and not yet in the database.",
+            ),
+            (
+                "mlx_manager_usage_spool_max_bytes",
+                spool.max_bytes,
+                "The spool's cap (MLX_MANAGER_USAGE_SPOOL_MAX_BYTES).",
+            ),
+            (
+                "mlx_manager_usage_spool_full",
+                1 if spool.full else 0,
+                "1 while the spool is full and /v1 requests are refused.",
+            ),
+        ):
+            gauge = GaugeMetricFamily(name, help_text)
+            gauge.add_metric([], amount)
+            yield gauge

@@ -93,6 +93,8 @@ class Gateway:
             refresh_interval=settings.heartbeat_interval,
             strategy=settings.placement,
         )
+        metrics.watch_fleet(fleet)
+        metrics.watch_usage_spool(usage.spool)
         # A gateway with nodes enabled re-reads the nodes table; a node (it has a gateway URL)
         # and a single machine (no token) have no nodes of their own to read.
         if settings.node_token is not None and settings.gateway_url is None:
