@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 from typing import Annotated, Any
 
-from pydantic import Field
+from pydantic import Field, field_validator
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
@@ -18,9 +18,9 @@ from starlette.routing import Route
 from admin.schemas import Strict
 from gateway import store
 from gateway.auth import require_admin
-from gateway.errors import NotFound
+from gateway.errors import Conflict, NotFound
 from gateway.fleet.auth import require_node_token
-from gateway.fleet.placement import allowed
+from gateway.fleet.placement import LOCAL_NODE, allowed
 from gateway.http import read_model
 from gateway.runtime import gateway_of
 from gateway.tables import Node
@@ -53,6 +53,16 @@ class Heartbeat(Strict):
     servers: list[ServerStatus] = Field(default_factory=list, max_length=1000)
     in_flight: Count = 0
     queued: Count = 0
+
+    @field_validator("name")
+    @classmethod
+    def _not_local(cls, value: str) -> str:
+        if value.lower() == LOCAL_NODE:
+            raise ValueError(
+                f'"{LOCAL_NODE}" names the gateway\'s own machine; set MLX_MANAGER_NODE_NAME '
+                "on this node to another name"
+            )
+        return value
 
 
 async def heartbeat(request: Request) -> Response:
@@ -98,6 +108,12 @@ async def delete_node(request: Request) -> Response:
     await require_admin(request)
     gateway = gateway_of(request)
     name = request.path_params["name"]
+    if name == LOCAL_NODE:
+        raise Conflict(
+            "the node 'local' is this gateway's own machine; it cannot be forgotten (set "
+            "MLX_MANAGER_LOCAL_NODE=false to keep profiles on nodes off it)",
+            code="local_node",
+        )
     async with gateway.sessions() as session:
         found = await store.nodes.delete_node(session, name)
     if not found:

@@ -58,7 +58,8 @@ class ProfileFields(Strict):
     port: int | None = Field(default=None, ge=1024, le=65535)
     command: list[str] | None = Field(default=None, min_length=1, max_length=200)
     health_path: str = Field(default="/health", pattern=r"^/\S*$", max_length=200)
-    # None = this machine; node names = on those nodes (`mlx-manager node`); ["*"] = any node.
+    # None = this machine only; node names = on those nodes (`mlx-manager node`), "local" being
+    # this machine; ["*"] = any node, this machine included (MLX_MANAGER_LOCAL_NODE).
     nodes: list[NodeName] | None = Field(default=None, min_length=1, max_length=100)
 
     @field_validator("nodes")

@@ -15,6 +15,7 @@ from starlette.routing import Route
 
 from gateway.auth import require_admin, require_user
 from gateway.errors import Conflict, NotFound
+from gateway.fleet.placement import LOCAL_NODE
 from gateway.runtime import Gateway, gateway_of
 from gateway.serving.logfiles import tail
 from gateway.serving.manager import ManagedServer
@@ -42,11 +43,15 @@ async def get_server(request: Request) -> Response:
 
 def _entries(gateway: Gateway, server: ManagedServer) -> list[dict[str, Any]]:
     """A local profile's server (`node`: "local"); a profile on nodes: one entry per node
-    running it, from their heartbeats, or one stopped entry (`node`: null) if none does."""
+    running it (this machine's in full, the others from their heartbeats), or one stopped
+    entry (`node`: null) if none does."""
+    local = {**server.to_json(), "node": LOCAL_NODE}
     if server.profile.nodes is None:
-        return [{**server.to_json(), "node": "local"}]
+        return [local]
+    here = gateway.servers.runs_here(server.profile) and server.state != "stopped"
     base = {**server.to_json(), "pid": None, "port": None, "node": None}
-    entries = [
+    entries = [local] if here else []
+    entries += [
         {
             **base,
             "state": report.get("state", "stopped"),
@@ -61,12 +66,14 @@ def _entries(gateway: Gateway, server: ManagedServer) -> list[dict[str, Any]]:
 
 
 def local_server_of(request: Request) -> ManagedServer:
-    """`server_of`, refusing a profile that runs on nodes (they start and stop it on demand)."""
+    """`server_of`, refusing a profile that runs only on nodes (they start and stop it on
+    demand); for one that may also run here, this machine's server."""
     server = server_of(request)
-    if server.profile.nodes is not None:
+    if not gateway_of(request).servers.runs_here(server.profile):
         raise Conflict(
-            f"profile {server.name!r} runs on nodes ({', '.join(server.profile.nodes)}), which "
-            "start it on demand and stop it when idle; it is not started or stopped here",
+            f"profile {server.name!r} runs only on nodes "
+            f"({', '.join(server.profile.nodes or [])}), which start it on demand and stop it "
+            "when idle; it is not started or stopped here",
             code="runs_on_nodes",
         )
     return server

@@ -43,6 +43,7 @@ from gateway.errors import (
     openai_error_body,
     openai_error_response,
 )
+from gateway.fleet.placement import LOCAL_NODE
 from gateway.fleet.registry import KnownNode
 from gateway.http import parse_json, read_body
 from gateway.limiter import refusal
@@ -199,7 +200,7 @@ class ProxyEndpoint:
         except GatewayError as exc:
             await error_response(exc, openai_shape=True)(scope, receive, send)
             return
-        if server.profile.nodes is not None:  # runs on other machines (gateway/fleet)
+        if server.profile.nodes is not None:  # placed among nodes (gateway/fleet)
             work = serve_on_node(gateway, scope, receive, send, server, body)
         else:
             work = serve_local(gateway, scope, receive, send, server, body)
@@ -235,6 +236,12 @@ async def serve_local(
     except GatewayError as exc:
         await error_response(exc, openai_shape=True)(scope, receive, send)
         return
+    await _serve_lease(gateway, scope, receive, send, lease, body)
+
+
+async def _serve_lease(
+    gateway: Gateway, scope: Scope, receive: Receive, send: Send, lease: Lease, body: bytes
+) -> None:
     try:
         await _forward(gateway, scope, send, lease, body)
     except GatewayError as exc:  # raised only before anything was sent
@@ -653,10 +660,12 @@ async def serve_on_node(
 ) -> None:
     """Forward to the node placement picks (gateway/fleet/placement.py); a node that cannot
     be reached before any byte reached the client is taken out of rotation here and the
-    request goes, once, to another node. Usage and limits stay with the gateway, as local."""
+    request goes, once, to another node. Usage and limits stay with the gateway, as local.
+    Placed on `local` (this machine), it is served as a local profile is, with its errors."""
     allowed = server.profile.nodes or []
     tried: list[str] = []
     failure: Exception | None = None
+    local_error: GatewayError | None = None
     while len(tried) < 2:
         node = await gateway.fleet.place(
             server.name,
@@ -668,6 +677,15 @@ async def serve_on_node(
         if node is None:
             break
         tried.append(node.name)
+        if node.name == LOCAL_NODE:
+            with gateway.fleet.sending(LOCAL_NODE, server.name):
+                try:
+                    lease = await gateway.servers.acquire(server)
+                except GatewayError as exc:  # would not start or fit here: another node may
+                    local_error = exc
+                    continue
+                await _serve_lease(gateway, scope, receive, send, lease, body)
+            return
         try:
             with gateway.fleet.sending(node.name, server.name):
                 await _forward_to_node(gateway, scope, send, node, body)
@@ -679,16 +697,22 @@ async def serve_on_node(
             await error_response(exc, openai_shape=True)(scope, receive, send)
             return
     error: GatewayError
-    if failure is not None:
+    if local_error is not None:  # the most specific reason there is (its own status)
+        error = local_error
+    elif failure is not None:
         error = BadGateway(  # the cause is in the log: node addresses stay internal
             f"could not reach the node(s) {', '.join(tried)} for '{server.name}'; they are out "
             "of rotation until they report again"
         )
     else:
         retry = str(max(1, math.ceil(gateway.settings.node_timeout)))
+        hint = ""
+        if allowed == [LOCAL_NODE] and not gateway.settings.local_node:
+            hint = " (this gateway runs no models: MLX_MANAGER_LOCAL_NODE is off)"
         error = NoNodeAvailable(
             f"no node may serve '{server.name}' now: the nodes it may run on "
-            f"({', '.join(allowed)}) are down or have not reported; GET /api/nodes lists them",
+            f"({', '.join(allowed)}) are down or have not reported{hint}; GET /api/nodes "
+            "lists them",
             headers={"Retry-After": retry},
         )
     await error_response(error, openai_shape=True)(scope, receive, send)
@@ -811,10 +835,13 @@ async def _relay_node_stream(
 
 
 def _state_of(gateway: Gateway, server: ManagedServer) -> str:
-    """A local profile's server state; for a profile on nodes, the best of theirs."""
+    """A local profile's server state; for a profile on nodes, the best of theirs (this
+    machine's included when it may run there)."""
     if server.profile.nodes is None:
         return server.state
     states = {report.get("state") for _, report in gateway.fleet.servers_of(server.name)}
+    if gateway.servers.runs_here(server.profile):
+        states.add(server.state)
     return next((s for s in ("ready", "starting") if s in states), "stopped")
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from dataclasses import dataclass, field
+from functools import partial
 
 import aiohttp
 from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker
@@ -18,6 +19,8 @@ from starlette.requests import HTTPConnection
 from gateway import store
 from gateway.auth import Authenticator
 from gateway.db import create_engine, migrate, session_factory
+from gateway.fleet.local import machine_status
+from gateway.fleet.placement import LOCAL_NODE
 from gateway.fleet.registry import FleetRegistry
 from gateway.limiter import Limiter
 from gateway.metrics import Metrics
@@ -92,6 +95,12 @@ class Gateway:
             timeout=settings.node_timeout,
             refresh_interval=settings.heartbeat_interval,
             strategy=settings.placement,
+            # The gateway's own machine, the node `local`: its status straight from the manager.
+            local=(
+                partial(machine_status, servers, LOCAL_NODE, None, {})
+                if settings.local_node
+                else None
+            ),
         )
         metrics.watch_fleet(fleet)
         metrics.watch_usage_spool(usage.spool)

@@ -148,6 +148,9 @@ class Settings(BaseSettings):
     node_timeout: Annotated[float, Field(gt=0, le=3600)] = 6
     node_stream_idle_timeout: Annotated[float, Field(gt=0, le=3600)] = 15
     placement: Literal["binpack", "spread"] = "binpack"
+    # Whether this machine is the node `local` too: profiles whose `nodes` name `local` or are
+    # ["*"] may run here. Off on a replica that cannot run models (no Apple silicon).
+    local_node: bool = True
     # Node side (`mlx-manager node`): where the gateway is, this node's name (default: the
     # hostname), how the gateway reaches it (default http://<host>:<port>), and seconds
     # between heartbeats (the gateway also re-reads the nodes table this often).
@@ -174,6 +177,13 @@ class Settings(BaseSettings):
         if value is None:
             return None
         check_secret_strength(value)
+        return value
+
+    @field_validator("node_name", mode="after")
+    @classmethod
+    def _check_node_name(cls, value: str | None) -> str | None:
+        if value is not None and value.lower() == "local":
+            raise ValueError("'local' names the gateway's own machine; name this node otherwise")
         return value
 
     @field_validator("node_token", mode="after")

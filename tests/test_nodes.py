@@ -28,7 +28,7 @@ import pytest
 
 from gateway import store
 from gateway.db import create_engine, migrate, session_factory
-from gateway.fleet.placement import NodeView, ServerReport, awaiting, place
+from gateway.fleet.placement import LOCAL_NODE, NodeView, ServerReport, awaiting, place, runs_here
 from gateway.settings import SettingsError, load_settings
 from gateway.types import utcnow
 from tests.conftest import TEST_SECRET
@@ -55,6 +55,8 @@ SECRET = "node-test-jwt-secret-" + "j" * 40
 GIB = 1024**3
 # Different caps, so binpack (the fullest node that fits) and spread pick different nodes.
 NODE_MEMORY_GB = {"a": "4", "b": "8"}
+# Set in the nodes' environment only, so a profile's command can tell where it runs.
+ON_NODE = "TEST_ON_NODE"
 
 
 # ---- placement, pure --------------------------------------------------------------------------
@@ -137,6 +139,22 @@ def test_only_nodes_that_reported_the_profile_are_loaded_and_others_are_awaited(
     assert not awaiting([NodeView(name="a", up=False)], "m", ["*"])
 
 
+def test_the_local_machine_takes_profiles_that_name_it_or_any_node() -> None:
+    assert runs_here(None)  # the default: only here
+    assert runs_here(None, local_node=False)  # MLX_MANAGER_LOCAL_NODE concerns nodes lists
+    for nodes in ([LOCAL_NODE], ["a", LOCAL_NODE], ["*"]):
+        assert runs_here(nodes)
+    assert not runs_here(["a", "b"])
+    assert not runs_here(["*"], local_node=False)
+    assert not runs_here([LOCAL_NODE], local_node=False)
+    # In placement the local machine is one more view: the usual rules pick it or not.
+    local = node(LOCAL_NODE, 2 * GIB)
+    assert place([local, node("b", 8 * GIB)], "m", ["local", "b"], GIB) == LOCAL_NODE
+    assert place([local, node("b", 8 * GIB)], "m", ["*"], GIB, "spread") == "b"
+    assert place([local, node("b", 8 * GIB)], "m", ["b"], GIB) == "b"
+    assert place([local, node("b")], "m", ["local", "b"], 4 * GIB) == "b"  # does not fit here
+
+
 # ---- settings at their edges ---------------------------------------------------------------------
 
 
@@ -155,6 +173,8 @@ def test_node_settings_at_their_edges(tmp_path: Path) -> None:
         ("gateway_url", "http://gw:8080", "gw:8080"),
         ("node_advertise_url", "https://n1.lan:8081", "n1.lan"),
         ("node_name", "mac-studio.lan", "-bad name"),
+        ("node_name", "localhost", "Local"),  # "local" is the gateway's own machine
+        ("local_node", False, "perhaps"),
     ):
         assert getattr(load_settings(**base, **{field: good}), field) == good
         with pytest.raises(SettingsError, match="MLX_MANAGER_" + field.upper()):
@@ -215,6 +235,8 @@ class Fleet:
         """The node whose stub answered the `request_index`th request (its parent process)."""
         pid = [e for e in read_events(events) if e["event"] == "request"][request_index]["pid"]
         parent = psutil.Process(pid).ppid()
+        if parent == os.getpid():  # the in-process gateway launched it: its own machine
+            return LOCAL_NODE
         names = [name for name, proc in self.nodes.items() if proc.pid == parent]
         assert names, f"stub {pid} belongs to no node (parent {parent})"
         return names[0]
@@ -268,6 +290,7 @@ async def fleet(
                     max_memory_gb=NODE_MEMORY_GB[name],
                     **(node_settings or {}),
                 )
+                environment[ON_NODE] = name  # not MLX_MANAGER_*: model servers see it
                 processes[name] = GatewayProcess(
                     environment, tmp_path / f"node-{name}.log", command="node"
                 )
@@ -372,7 +395,7 @@ async def test_placement_then_readiness_then_failover_when_a_node_dies(
 
 
 async def test_spread_places_on_the_emptiest_node(tmp_path: Path) -> None:
-    async with fleet(tmp_path, placement="spread") as f:
+    async with fleet(tmp_path, placement="spread", local_node=False) as f:
         await f.wait_nodes(a="up", b="up")
         events = await f.add_stub("wide", ["*"], "--startup-delay", "0.5", memory_gb=1)
         await f.wait_known("wide", "a", "b")
@@ -381,6 +404,93 @@ async def test_spread_places_on_the_emptiest_node(tmp_path: Path) -> None:
         assert [a.status_code for a in answers] == [200] * 8
         assert len(stub_pids(events)) == 1
         assert {f.served_by(events, i) for i in range(8)} == {"b"}  # spread: the emptiest
+
+
+def only_on_nodes(*options: str) -> list[str]:
+    """A stub command that fails to start on the gateway's own machine (exit 3): it runs only
+    where ON_NODE is set, in a node's environment."""
+    script = f'test -n "${ON_NODE}" || {{ echo "not a node" >&2; exit 3; }}; exec "$@"'
+    return ["sh", "-c", script, "sh", *stub_command(*options)]
+
+
+async def test_the_gateways_own_machine_is_the_node_local(tmp_path: Path) -> None:
+    """`local` is placed by the same rules as any node, from the manager's live state."""
+    async with fleet(tmp_path, max_memory_gb=2) as f:
+        await f.wait_nodes(a="up", b="up")
+        listed = await f.nodes_json()
+        here = listed[LOCAL_NODE]
+        assert (here["local"], here["status"], here["url"]) == (True, "up", None)
+        assert here["memory"]["cap_bytes"] == 2 * GIB
+        assert not listed["a"]["local"]
+
+        hot = await f.add_stub("hot", [LOCAL_NODE, "b"], memory_gb=1)
+        await f.wait_known("hot", "b")
+        assert (await f.env.chat("hot")).status_code == 200
+        assert f.served_by(hot) == LOCAL_NODE  # binpack: this machine (2 GB) is the fuller
+        # 1 GB is left here (hot is idle, but free memory is tried before eviction): b.
+        cold = await f.add_stub("cold", [LOCAL_NODE, "b"], memory_gb=1.5)
+        await f.wait_known("cold", "b")
+        assert (await f.env.chat("cold")).status_code == 200
+        assert f.served_by(cold) == "b"
+        assert (await f.env.chat("hot")).status_code == 200
+        assert f.served_by(hot) == LOCAL_NODE  # ready here: not loaded again elsewhere
+        assert len(stub_pids(hot)) == 1
+
+        servers = {(s["name"], s["node"]): s for s in await f.env.servers()}
+        mine = servers[("hot", LOCAL_NODE)]
+        assert mine["state"] == "ready"
+        assert mine["pid"] in stub_pids(hot)
+        await f.env.wait_server(
+            "cold", lambda s: (s["node"], s["state"]) == ("b", "ready"), "ready on b"
+        )
+        assert ("cold", LOCAL_NODE) not in servers  # never started here
+        models = await f.env.http.get("/v1/models", headers=f.env.auth)
+        states = {m["id"]: m["state"] for m in models.json()["data"]}
+        assert states["hot"] == states["cold"] == "ready"
+        # An admin may stop this machine's server of such a profile (not a node's).
+        stopped = await f.env.control("hot", "stop")
+        assert (stopped.status_code, stopped.json()["state"]) == (200, "stopped")
+        await f.add_stub("b-only", ["b"])
+        refused = await f.env.control("b-only", "stop")
+        assert (refused.status_code, refused.json()["code"]) == (409, "runs_on_nodes")
+
+
+async def test_a_profile_that_will_not_start_here_goes_to_a_node(tmp_path: Path) -> None:
+    async with fleet(tmp_path, max_memory_gb=2) as f:
+        await f.wait_nodes(a="up", b="up")
+        events = f.env.events_path("picky")
+        command = only_on_nodes("--quiet", "--events", str(events))
+        await f.env.add_profile("picky", command, nodes=[LOCAL_NODE, "b"], memory_gb=1)
+        await f.wait_known("picky", "b")
+        first = await f.env.chat("picky")  # placed here (binpack), failed, then b
+        assert first.status_code == 200, first.text
+        assert f.served_by(events) == "b"
+        assert f.env.managed("picky").state == "failed"
+        assert (await f.env.chat("picky")).status_code == 200  # ready on b: straight there
+        assert len(stub_pids(events)) == 1
+
+        # With nowhere else to go, the local failure is the answer, in its own words.
+        await f.env.add_profile("here-only", only_on_nodes(), nodes=[LOCAL_NODE])
+        failed = await f.env.chat("here-only")
+        assert failed.status_code == 424, failed.text
+        assert "not a node" in failed.json()["error"]["message"]
+
+
+async def test_a_gateway_that_is_no_node_keeps_such_profiles_off_its_machine(
+    tmp_path: Path,
+) -> None:
+    async with gateway_env(tmp_path, local_node=False) as env:
+        assert (await env.http.get("/api/nodes", headers=env.auth)).json() == []
+        await env.add_profile("anywhere", stub_command(), nodes=["*"])
+        await env.add_profile("here", stub_command(), nodes=[LOCAL_NODE])
+        for model in ("anywhere", "here"):
+            refused = await env.chat(model)
+            assert refused.status_code == 503, refused.text
+            assert refused.json()["error"]["code"] == "no_node_available"
+        assert "MLX_MANAGER_LOCAL_NODE is off" in refused.json()["error"]["message"]
+        assert env.managed("anywhere").state == "stopped"
+        await env.add_profile("plain", stub_command())  # nodes: null still runs here
+        assert (await env.chat("plain")).status_code == 200
 
 
 async def test_a_dead_node_with_no_alternative_is_a_502_then_a_503(tmp_path: Path) -> None:
@@ -516,6 +626,7 @@ async def test_a_replica_on_the_same_database_sees_the_nodes_and_routes_to_them(
                     return sorted((n["name"], n["status"]) for n in listed) == [
                         ("a", "up"),
                         ("b", "up"),
+                        (LOCAL_NODE, "up"),  # the replica's own machine
                     ]
 
                 await wait_until(both_up, message="the replica lists both nodes up")
@@ -580,6 +691,14 @@ async def test_the_node_token_is_checked_both_ways(tmp_path: Path) -> None:
         assert "intruder" not in await f.nodes_json()
         again = await f.env.http.delete("/api/nodes/intruder", headers=f.env.auth)
         assert (again.status_code, again.json()["code"]) == (404, "node_not_found")
+        named_local = {**beat, "name": "Local"}  # the gateway's own machine's name
+        taken = await f.env.http.post(
+            "/api/nodes/heartbeat", json=named_local, headers=bearer(NODE_TOKEN)
+        )
+        assert taken.status_code == 422, taken.text
+        assert "MLX_MANAGER_NODE_NAME" in taken.text
+        kept = await f.env.http.delete("/api/nodes/local", headers=f.env.auth)
+        assert (kept.status_code, kept.json()["code"]) == (409, "local_node")
 
         node_url = f.nodes["a"].url
         async with httpx.AsyncClient(base_url=node_url, trust_env=False) as node_http:
@@ -613,12 +732,16 @@ async def test_without_a_node_token_nodes_are_disabled(tmp_path: Path) -> None:
         assert response.status_code == 404
         assert response.json()["code"] == "nodes_disabled"
         assert "MLX_MANAGER_NODE_TOKEN" in response.json()["detail"]
-        assert (await env.http.get("/api/nodes", headers=env.auth)).json() == []
+        listed = (await env.http.get("/api/nodes", headers=env.auth)).json()
+        assert [(n["name"], n["local"], n["status"]) for n in listed] == [("local", True, "up")]
         # A profile may name nodes (they can join later); until one reports, 503.
-        await env.add_profile("far", stub_command(), nodes=["*"])
+        await env.add_profile("far", stub_command(), nodes=["mac-2"])
         refused = await env.chat("far")
         assert refused.status_code == 503
         assert refused.json()["error"]["code"] == "no_node_available"
+        # Any node: this machine is one, with or without others.
+        await env.add_profile("anywhere", stub_command(), nodes=["*"])
+        assert (await env.chat("anywhere")).status_code == 200
         bad = await env.http.post(
             "/api/profiles",
             json={"name": "x", "command": stub_command(), "nodes": ["*", "a"]},

@@ -12,6 +12,9 @@ rule is tested synchronously. The order of preference:
 Nodes that are down, not allowed for the profile, or excluded (already tried) never qualify;
 for 3 and 4, neither do nodes that have not reported the profile yet (`awaiting`), and nodes
 where its last start failed only when no other node may take it.
+
+The gateway's own machine is one more candidate, named `local` (`LOCAL_NODE`): its view comes
+from its own server manager instead of a heartbeat, so the rules above treat it like any node.
 """
 
 from __future__ import annotations
@@ -22,6 +25,9 @@ from typing import Literal
 
 Strategy = Literal["binpack", "spread"]
 ANY_NODE = "*"
+# The machine of the gateway answering the request (each replica's own); no node may take the
+# name. A profile with `nodes: null` runs only there, as before nodes existed.
+LOCAL_NODE = "local"
 
 
 @dataclass(frozen=True)
@@ -69,6 +75,12 @@ class NodeView:
 
 def allowed(node: str, allowed_nodes: Sequence[str]) -> bool:
     return ANY_NODE in allowed_nodes or node in allowed_nodes
+
+
+def runs_here(allowed_nodes: Sequence[str] | None, local_node: bool = True) -> bool:
+    """Whether a profile may run on the gateway's own machine: `nodes: null` (only here), or a
+    list that names `local` or is `*` while this machine takes part (MLX_MANAGER_LOCAL_NODE)."""
+    return allowed_nodes is None or (local_node and allowed(LOCAL_NODE, allowed_nodes))
 
 
 def place(

@@ -6,6 +6,9 @@ replica: a refused connection takes a node out of rotation until a heartbeat new
 refusal; a request sent to a node counts there as in flight (and the profile as starting there)
 until the node's own report catches up, so a burst between two heartbeats does not load the
 same model on several nodes.
+
+The gateway's own machine is the node `local` (unless MLX_MANAGER_LOCAL_NODE is off): its
+state is read live from the server manager each time, never from the table, and is always up.
 """
 
 from __future__ import annotations
@@ -14,7 +17,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from typing import Any
@@ -23,7 +26,14 @@ from sqlalchemy.ext.asyncio import async_sessionmaker
 from sqlmodel.ext.asyncio.session import AsyncSession
 
 from gateway import store
-from gateway.fleet.placement import NodeView, ServerReport, Strategy, awaiting, place
+from gateway.fleet.placement import (
+    LOCAL_NODE,
+    NodeView,
+    ServerReport,
+    Strategy,
+    awaiting,
+    place,
+)
 from gateway.tables import Node
 from gateway.types import iso_utc, utcnow
 
@@ -48,8 +58,12 @@ class FleetRegistry:
         timeout: float,
         refresh_interval: float,
         strategy: Strategy,
+        local: Callable[[], dict[str, Any]] | None = None,
     ) -> None:
+        """`local` reports the gateway's own machine (`fleet.local.machine_status`); None
+        leaves it out of placement."""
         self._sessions = sessions
+        self._local = local
         self.timeout = timeout
         self.refresh_interval = refresh_interval
         self.strategy: Strategy = strategy
@@ -151,7 +165,8 @@ class FleetRegistry:
     def sending(self, node: str, profile: str) -> Iterator[None]:
         key = (node, profile)
         self._inflight[key] = self._inflight.get(key, 0) + 1
-        self._sent[key] = utcnow()
+        if node != LOCAL_NODE:  # the local state is live: it shows the start at once
+            self._sent[key] = utcnow()
         try:
             yield
         finally:
@@ -162,7 +177,20 @@ class FleetRegistry:
     # ---- reading ----------------------------------------------------------------------------
 
     def get(self, name: str) -> KnownNode | None:
+        if name == LOCAL_NODE:
+            return self._local_node()
         return self._nodes.get(name)
+
+    def _local_node(self) -> KnownNode | None:
+        if self._local is None:
+            return None
+        return KnownNode(LOCAL_NODE, "", utcnow(), self._local())
+
+    def _all(self) -> list[KnownNode]:
+        """The local machine (if it takes part) first, then the nodes by name."""
+        local = self._local_node()
+        others = sorted(self._nodes.values(), key=lambda n: n.name)
+        return [local, *others] if local is not None else others
 
     def is_up(self, node: KnownNode, now: datetime | None = None) -> bool:
         now = now or utcnow()
@@ -173,7 +201,7 @@ class FleetRegistry:
 
     def views(self) -> list[NodeView]:
         now = utcnow()
-        return [self._view(node, now) for node in self._nodes.values()]
+        return [self._view(node, now) for node in self._all()]
 
     def _view(self, node: KnownNode, now: datetime) -> NodeView:
         memory = node.status.get("memory") or {}
@@ -218,14 +246,15 @@ class FleetRegistry:
             views = self.views()
             name = place(views, profile, allowed, need_bytes, self.strategy, exclude)
             if name is not None:
-                return self._nodes[name]
+                return self.get(name)
             left = deadline - time.monotonic()
             if left <= 0 or not awaiting(views, profile, allowed, exclude):
                 return None
             await self.wait_changed(left)
 
     def servers_of(self, profile: str) -> list[tuple[str, dict[str, Any]]]:
-        """(node, its report) for each up node running `profile` (for /api/servers)."""
+        """(node, its report) for each up remote node running `profile` (for /api/servers,
+        which shows the local machine's own server in full)."""
         now = utcnow()
         found = []
         for node in sorted(self._nodes.values(), key=lambda n: n.name):
@@ -243,7 +272,8 @@ class FleetRegistry:
         return [
             {
                 "name": node.name,
-                "url": node.url,
+                "local": node.name == LOCAL_NODE,
+                "url": node.url or None,
                 "status": "up" if self.is_up(node, now) else "down",
                 "last_seen": iso_utc(node.last_seen),
                 "memory": node.status.get("memory"),
@@ -251,7 +281,7 @@ class FleetRegistry:
                 "in_flight": node.status.get("in_flight", 0),
                 "queued": node.status.get("queued", 0),
             }
-            for node in sorted(self._nodes.values(), key=lambda n: n.name)
+            for node in self._all()
         ]
 
 

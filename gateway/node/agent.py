@@ -21,9 +21,9 @@ from typing import Any
 import aiohttp
 
 from gateway import store
+from gateway.fleet.local import machine_status
 from gateway.runtime import Gateway
 from gateway.tables import ServerProfile
-from gateway.types import ALIVE
 
 log = logging.getLogger("mlx_manager.node")
 
@@ -61,34 +61,7 @@ class NodeAgent:
 
     def status(self) -> dict[str, Any]:
         """The heartbeat's body (also GET /node/status)."""
-        manager = self.gateway.servers
-        servers = []
-        for server in manager.servers():
-            queued = max(0, self.active[server.name] - server.inflight)
-            servers.append(
-                {
-                    "profile": server.name,
-                    "state": server.state,
-                    "in_flight": server.inflight,
-                    "queued": queued,
-                    "memory_bytes": server.need_bytes if server.state in ALIVE else 0,
-                    "need_bytes": server.need_bytes,
-                    "pinned": server.profile.pinned,
-                }
-            )
-        used = manager.resident_bytes()
-        return {
-            "name": self.name,
-            "url": self.url,
-            "memory": {
-                "cap_bytes": manager.cap_bytes,
-                "used_bytes": used,
-                "free_bytes": max(0, manager.cap_bytes - used),
-            },
-            "servers": servers,
-            "in_flight": sum(s["in_flight"] for s in servers),
-            "queued": sum(s["queued"] for s in servers),
-        }
+        return machine_status(self.gateway.servers, self.name, self.url, self.active)
 
     async def _beat_forever(self) -> None:
         interval = self.gateway.settings.heartbeat_interval

@@ -30,6 +30,7 @@ from sqlalchemy.ext.asyncio import async_sessionmaker
 from sqlmodel.ext.asyncio.session import AsyncSession
 
 from gateway import store
+from gateway.fleet.placement import runs_here
 from gateway.hub.cache import resolve_model_folder
 from gateway.serving import policy
 from gateway.serving.errors import (
@@ -163,8 +164,13 @@ class ServerManager:
         server.estimate_bytes = await self._estimate(server.profile)
         server.measured_bytes = 0
         self._registry.reindex()
-        if was_running and profile.nodes is None:  # a profile moved to nodes stays stopped here
+        if was_running and self.runs_here(profile):  # one moved off this machine stays stopped
             self._spawn_background(self._start_quietly(server))
+
+    def runs_here(self, profile: ServerProfile) -> bool:
+        """Whether `profile` may run on this machine (`nodes` null, or naming `local` or `*`
+        while MLX_MANAGER_LOCAL_NODE is on): the others only run on nodes."""
+        return runs_here(profile.nodes, self.settings.local_node)
 
     async def reload_profile(self, profile_id: int) -> None:
         """Take a profile as the database has it now: another replica made, changed or
@@ -237,7 +243,7 @@ class ServerManager:
             await self.add_profile(profile)
         self._upkeep.start()
         for server in self.servers():
-            if server.profile.auto_start and server.profile.nodes is None:
+            if server.profile.auto_start and self.runs_here(server.profile):
                 self._spawn_background(self._start_quietly(server))
 
     async def close(self) -> None:

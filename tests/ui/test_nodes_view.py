@@ -67,6 +67,7 @@ async def test_servers_show_their_node_and_admins_see_the_nodes(
     row = nodes.get_by_role("row", name="studio")
     await expect(row).to_contain_text("up")
     await expect(row).to_contain_text("none running")
+    await expect(nodes.get_by_role("row", name="this machine (local)")).to_contain_text("up")
 
     # Served once through the node: the server's row names the node, with no buttons to
     # start or stop it (the node does that on demand), while the local one has them.

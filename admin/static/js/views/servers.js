@@ -196,14 +196,14 @@ function nodeList(signal) {
   }
 
   function show(nodes) {
-    section.hidden = nodes.length === 0; // no nodes: a single machine, nothing to show
+    section.hidden = nodes.every((n) => n.local); // only this machine: nothing to show
     list.caption.textContent = `Nodes (${nodes.length})`;
     syncRows(list.tbody, nodes, (n) => n.name, () => h("tr", {}, h("th", { scope: "row" }), ...Array.from({ length: 6 }, () => h("td"))), update);
   }
 
   function update(row, n) {
     const [name, status, free, cap, inflight, servers, seen] = row.children;
-    name.textContent = n.name;
+    name.textContent = n.local ? "this machine (local)" : n.name;
     clear(status, badge(n.status, n.status === "up" ? "ready" : "failed"));
     free.className = cap.className = inflight.className = "num";
     free.textContent = n.memory ? formatBytes(n.memory.free_bytes) : "–";
