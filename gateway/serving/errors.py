@@ -41,3 +41,37 @@ class QueueTimeout(ServiceUnavailable):
 
 class ProfileRemoved(NotFound):
     code = "model_not_found"
+
+
+class PortTaken(StartFailed):
+    """The health check was answered on the server's port, but not by the process we launched.
+
+    Ports are picked before a server binds them, and a real backend loads for seconds first:
+    another program can take the port in between and answer the health check. Trusting that
+    answer would send users' requests (prompts, keys in headers) to a stranger's server, so the
+    start fails instead; `lifecycle` retries once on another port when the port was not fixed.
+    """
+
+    def __init__(
+        self, *, port: int, holder: str, pid: int, log_tail: str, advice: str = ""
+    ) -> None:
+        self.port = port
+        self.holder = holder
+        self.pid = pid
+        self.log_tail = log_tail
+        self.summary = (
+            f"port {port} is answered by {holder}, not by the model server this gateway "
+            f"launched (pid {pid}), so no request was sent there"
+        )
+        super().__init__(f"{self.summary}{advice}; last log lines:\n{log_tail}")
+
+    def advised(self, advice: str) -> PortTaken:
+        """The same failure, with what to do about it (the caller knows whether the port was
+        the profile's own or one it picked)."""
+        return PortTaken(
+            port=self.port,
+            holder=self.holder,
+            pid=self.pid,
+            log_tail=self.log_tail,
+            advice=f"; {advice}",
+        )

@@ -19,7 +19,7 @@ from typing import Any
 
 import httpx
 
-from gateway.serving.errors import StartFailed
+from gateway.serving.errors import PortTaken, StartFailed
 from gateway.serving.events import Notifier, ServerEvents
 from gateway.serving.launch import BackendProbe, choose_port, launch_spec, prompt_cache_dir
 from gateway.serving.logfiles import log_path, mark, rotate_if_large
@@ -108,17 +108,39 @@ class Lifecycle:
                 rotate_if_large, path, settings.log_max_bytes, settings.log_backups
             )
 
+            strangers: set[int] = set()  # ports found answered by another process
+
             def claim_port(profile: ServerProfile) -> int:
-                port = self._choose_port(profile)
+                port = self._choose_port(profile, avoid=strangers)
                 server.port = port
                 return port
 
-            spec = await launch_spec(settings, profile, self._probe, claim_port, path)
-            server.port = spec.port
-            process = await self._spawn(spec)
-            server.process = process
-            await self._records.record(server.profile_id, process)
-            seconds = await process.wait_ready(settings.start_timeout, self._http)
+            deadline = time.monotonic() + settings.start_timeout  # one budget, retry included
+            while True:
+                spec = await launch_spec(settings, profile, self._probe, claim_port, path)
+                server.port = spec.port
+                process = await self._spawn(spec)
+                server.process = process
+                await self._records.record(server.profile_id, process)
+                try:
+                    within = max(deadline - time.monotonic(), 0.0)
+                    seconds = await process.wait_ready(within, self._http)
+                    break
+                except PortTaken as exc:
+                    if profile.port is not None or strangers:
+                        raise exc.advised(self._port_taken_advice(strangers)) from exc
+                    # A port we picked was taken while the server loaded: pick another, once.
+                    strangers.add(exc.port)
+                    log.warning(
+                        "%s: port %s is answered by %s; relaunching on another port",
+                        profile.name,
+                        exc.port,
+                        exc.holder,
+                    )
+                    mark(path, f"relaunching on another port: {exc.port} is taken")
+                    await process.stop(settings.stop_timeout)
+                    await self._records.forget(server.profile_id)
+                    server.process = process = None
         except Exception as exc:
             message = exc.message if isinstance(exc, StartFailed) else f"{exc}"
             server.last_error = f"{profile.name}: {message}"
@@ -145,7 +167,7 @@ class Lifecycle:
         self._background(self._watch_exit(server, process))
         self._changes.notify()
 
-    def _choose_port(self, profile: ServerProfile) -> int:
+    def _choose_port(self, profile: ServerProfile, avoid: set[int]) -> int:
         servers = list(self._registry)
         taken = {
             s.port
@@ -153,7 +175,23 @@ class Lifecycle:
             if s.port is not None and s.state in ALIVE and s.profile.id != profile.id
         }
         fixed = {s.profile.port for s in servers if s.profile.port is not None}
-        return choose_port(profile, taken, fixed, self._settings.default_port_start)
+        # `avoid` too: a stranger listening on 0.0.0.0 leaves 127.0.0.1 bindable on macOS.
+        return choose_port(profile, taken | avoid, fixed, self._settings.default_port_start)
+
+    def _port_taken_advice(self, earlier: set[int]) -> str:
+        """What to do: for a profile's fixed port, or a second picked port taken the same way."""
+        if earlier:
+            ports = ", ".join(str(port) for port in sorted(earlier))
+            return (
+                f"port {ports} was taken the same way before it: something keeps starting "
+                "servers on the ports this gateway picks; find it, or move the gateway's range "
+                f"(MLX_MANAGER_DEFAULT_PORT_START, now {self._settings.default_port_start})"
+            )
+        return (
+            "the profile's fixed port was free at launch but taken while the server loaded: "
+            "stop that process, or change the profile's port (or unset it, so the gateway "
+            "picks a free one and moves on if that one is taken)"
+        )
 
     async def _run_stop(
         self, server: ManagedServer, reason: str, previous: asyncio.Task[None] | None

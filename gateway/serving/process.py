@@ -9,11 +9,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import os
 import signal
 import socket
 import time
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Collection, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
@@ -21,22 +22,29 @@ from typing import Protocol
 import httpx
 import psutil
 
-from gateway.serving.errors import StartFailed
+from gateway.serving.errors import PortTaken, StartFailed
 from gateway.serving.logfiles import mark, open_for_child, tail
 
 READY_POLL_SECONDS = 0.05
 LOG_TAIL_LINES = 40
+# Listening addresses that receive connections to 127.0.0.1, where health checks and requests go.
+LOOPBACK_LISTENERS = frozenset({"127.0.0.1", "0.0.0.0", "::", "::ffff:127.0.0.1", "::ffff:0.0.0.0"})
+
+log = logging.getLogger("mlx_manager.servers")
 
 
 __all__ = [
     "LaunchSpec",
     "ModelProcess",
+    "PortOwner",
+    "PortTaken",
     "ServerProcess",
     "Spawn",
     "StartFailed",
     "kill_recorded_process",
     "pick_port",
     "port_is_free",
+    "port_owner",
     "spawn_process",
 ]
 
@@ -156,6 +164,7 @@ class ServerProcess:
                         f"last log lines:\n{self.log_tail()}"
                     )
                 if await self._healthy(http):
+                    await self._check_port_owner()
                     return time.monotonic() - started
                 elapsed = time.monotonic() - started
                 if elapsed > within:
@@ -167,6 +176,32 @@ class ServerProcess:
         finally:
             if not exited.done():
                 exited.cancel()
+
+    async def _check_port_owner(self) -> None:
+        """Once, at the first healthy answer: was it our server that answered?
+
+        The port was free when picked, but a backend loads for seconds before binding it, and
+        whoever binds it first in between answers the health check. Only a listening socket
+        held by our child or one of its descendants (a wrapper script's server) counts.
+        """
+        port = self.spec.port
+        owner = await asyncio.to_thread(port_owner, self.pid, port)
+        if owner.ours is None:
+            # Refusing to serve because psutil may not look would break working setups.
+            log.warning(
+                "could not check who listens on port %s (%s); trusting its health check",
+                port,
+                owner.holder,
+            )
+            mark(self.spec.log_path, f"could not check who listens on port {port}: {owner.holder}")
+            return
+        if owner.ours:
+            return
+        mark(
+            self.spec.log_path,
+            f"port {port} is answered by {owner.holder}, not by this server (pid {self.pid})",
+        )
+        raise PortTaken(port=port, holder=owner.holder, pid=self.pid, log_tail=self.log_tail())
 
     async def _healthy(self, http: httpx.AsyncClient) -> bool:
         try:
@@ -222,6 +257,79 @@ def port_is_free(port: int, host: str = "127.0.0.1") -> bool:
         except OSError:
             return False
         return True
+
+
+@dataclass(frozen=True, slots=True)
+class PortOwner:
+    """Who listens on a server's port: `ours` is True (our process tree), False (someone else,
+    described by `holder`) or None (psutil was refused a look; `holder` says why)."""
+
+    ours: bool | None
+    holder: str = ""
+
+
+def port_owner(pid: int, port: int) -> PortOwner:
+    """Whether process `pid` or one of its descendants listens on `port` (for 127.0.0.1).
+
+    Each process is asked for its own sockets (`Process.net_connections`), which works for a
+    user's own processes on Linux and macOS; the machine-wide table needs root on macOS.
+    Blocking (it reads /proc or asks the kernel per process): run it in a thread.
+    """
+    try:
+        root = psutil.Process(pid)
+        tree = [root, *root.children(recursive=True)]
+    except psutil.NoSuchProcess:
+        tree = []  # our server is gone: whoever answers is not it
+    except psutil.AccessDenied as exc:
+        return PortOwner(None, f"process tree of pid {pid}: {exc}")
+    denied: psutil.AccessDenied | None = None
+    for proc in tree:
+        try:
+            if any(_listens(c.status, c.laddr, port) for c in proc.net_connections(kind="tcp")):
+                return PortOwner(True)
+        except psutil.NoSuchProcess:
+            continue  # a helper that exited meanwhile (zombies included)
+        except psutil.AccessDenied as exc:
+            denied = exc
+    if denied is not None:
+        return PortOwner(None, f"sockets of pid {denied.pid}: {denied}")
+    return PortOwner(False, listener_of(port, exclude={p.pid for p in tree}))
+
+
+def listener_of(port: int, exclude: Collection[int] = ()) -> str:
+    """A description of the process listening on `port`, for an error message.
+
+    Only on the failure path: it may walk every process (the machine-wide table needs root on
+    macOS, where each of the user's processes is asked instead).
+    """
+    pids: set[int] = set()
+    try:
+        pids = {
+            conn.pid
+            for conn in psutil.net_connections(kind="tcp")
+            if conn.pid is not None and _listens(conn.status, conn.laddr, port)
+        }
+    except psutil.AccessDenied:
+        for proc in psutil.process_iter():
+            with contextlib.suppress(psutil.Error):
+                if any(_listens(c.status, c.laddr, port) for c in proc.net_connections(kind="tcp")):
+                    pids.add(proc.pid)
+    for other in sorted(pids - set(exclude)):
+        try:
+            return f"another process (pid {other}, {psutil.Process(other).name()!r})"
+        except psutil.Error:
+            return f"another process (pid {other})"
+    return "another process, not one this gateway may inspect (another user's, or a container's)"
+
+
+def _listens(status: str, laddr: tuple[object, ...], port: int) -> bool:
+    """A listening socket on `port` that takes connections to 127.0.0.1."""
+    return (
+        status == psutil.CONN_LISTEN
+        and len(laddr) == 2
+        and laddr[1] == port
+        and laddr[0] in LOOPBACK_LISTENERS
+    )
 
 
 def pick_port(start: int, taken: Iterable[int], limit: int = 1000) -> int:
