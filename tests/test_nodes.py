@@ -1,10 +1,12 @@
 """Nodes (issue 12, part 3): model servers on other machines, with real parts.
 
-The gateway runs in-process; each node is a real `python -m gateway node` process on a
-127.0.0.1 port with its own HOME and SQLite, whose profiles run the stub OpenAI server. Which
-node served a request is read from the stub's events (its pid) and the process tree (the
-stub's parent is the node). Faults are real signals: SIGKILL (a dead node: connection
-refused) and SIGSTOP (a hung node: silence). The placement rules are tested synchronously.
+The gateway runs in-process; each node is a real `python -m gateway node` process on its own
+loopback address (127.0.0.2 and .3 on Linux; 127.0.0.1 elsewhere) with its own HOME and
+SQLite, whose profiles run the stub OpenAI server. Which node served a request is read from
+the stub's events (its pid) and the process tree (the stub's parent is the node, or this test
+process for the gateway's own machine, `local`). Faults are real signals: SIGKILL (a dead
+node: connection refused) and SIGSTOP (a hung node: silence). The placement rules are tested
+synchronously.
 """
 
 from __future__ import annotations
@@ -25,11 +27,15 @@ from typing import Any
 import httpx
 import psutil
 import pytest
+from sqlalchemy.ext.asyncio import async_sessionmaker
+from sqlmodel.ext.asyncio.session import AsyncSession
 
 from gateway import store
 from gateway.db import create_engine, migrate, session_factory
 from gateway.fleet.placement import LOCAL_NODE, NodeView, ServerReport, awaiting, place, runs_here
+from gateway.fleet.registry import FleetRegistry
 from gateway.settings import SettingsError, load_settings
+from gateway.tables import Node
 from gateway.types import utcnow
 from tests.conftest import TEST_SECRET
 from tests.support import secrets
@@ -46,7 +52,7 @@ from tests.support.env import (
     stream_contents,
     stub_command,
 )
-from tests.support.gateway_process import GatewayProcess, serve_environment
+from tests.support.gateway_process import GatewayProcess, loopback_address, serve_environment
 from tests.support.postgres import PostgresServer
 from tests.support.waiting import wait_until
 
@@ -55,6 +61,8 @@ SECRET = "node-test-jwt-secret-" + "j" * 40
 GIB = 1024**3
 # Different caps, so binpack (the fullest node that fits) and spread pick different nodes.
 NODE_MEMORY_GB = {"a": "4", "b": "8"}
+# Each node on its own loopback address where the system has them (Linux), as on a network.
+NODE_ADDRESSES = {"a": loopback_address(2), "b": loopback_address(3)}
 # Set in the nodes' environment only, so a profile's command can tell where it runs.
 ON_NODE = "TEST_ON_NODE"
 
@@ -153,6 +161,36 @@ def test_the_local_machine_takes_profiles_that_name_it_or_any_node() -> None:
     assert place([local, node("b", 8 * GIB)], "m", ["*"], GIB, "spread") == "b"
     assert place([local, node("b", 8 * GIB)], "m", ["b"], GIB) == "b"
     assert place([local, node("b")], "m", ["local", "b"], 4 * GIB) == "b"  # does not fit here
+
+
+async def test_the_failure_figures_hold_at_their_edges_with_the_default_settings(
+    tmp_path: Path, sessions: async_sessionmaker[AsyncSession]
+) -> None:
+    """The issue's figures, on a clock the test sets: a silent node is down right after
+    MLX_MANAGER_NODE_TIMEOUT (6 s by default), a refused one at once (no wait at all), and
+    either is back with its next heartbeat."""
+    settings = load_settings(home=tmp_path, _env_file=None)
+    assert (settings.node_timeout, settings.node_stream_idle_timeout) == (6, 15)
+    fleet = FleetRegistry(
+        sessions,
+        timeout=settings.node_timeout,
+        refresh_interval=settings.heartbeat_interval,
+        strategy=settings.placement,
+    )
+    seen = utcnow()
+    fleet.heard(Node(name="a", url="http://127.0.0.2:1", last_seen=seen, status={}))
+    known = fleet.get("a")
+    assert known is not None
+    assert fleet.is_up(known, seen + timedelta(seconds=6))
+    assert not fleet.is_up(known, seen + timedelta(seconds=6, microseconds=1))
+
+    fleet.refused("a", "ClientConnectorError: connection refused")
+    assert not fleet.is_up(known, seen)  # out of rotation before any timeout
+    assert [v.up for v in fleet.views()] == [False]
+    fleet.heard(Node(name="a", url="http://127.0.0.2:1", last_seen=utcnow(), status={}))
+    back = fleet.get("a")
+    assert back is not None
+    assert fleet.is_up(back)
 
 
 # ---- settings at their edges ---------------------------------------------------------------------
@@ -292,7 +330,10 @@ async def fleet(
                 )
                 environment[ON_NODE] = name  # not MLX_MANAGER_*: model servers see it
                 processes[name] = GatewayProcess(
-                    environment, tmp_path / f"node-{name}.log", command="node"
+                    environment,
+                    tmp_path / f"node-{name}.log",
+                    command="node",
+                    host=NODE_ADDRESSES[name],
                 )
             for process in processes.values():
                 await process.wait_healthy()

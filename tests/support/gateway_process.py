@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 import random
 import signal
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -43,8 +44,22 @@ def serve_environment(home: Path, secret: str, **settings: str) -> dict[str, str
     return env
 
 
+def loopback_address(n: int) -> str:
+    """127.0.0.`n` where this machine can bind it (Linux: all of 127/8 is loopback), else
+    127.0.0.1 (macOS has only that without an alias): nodes on distinct addresses, like
+    distinct machines, wherever the system allows."""
+    address = f"127.0.0.{n}"
+    try:
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+            sock.bind((address, 0))
+    except OSError:
+        return "127.0.0.1"
+    return address
+
+
 class GatewayProcess:
-    """One `python -m gateway serve` on a free 127.0.0.1 port, its output in `log`."""
+    """One `python -m gateway serve` on a free port of `host` (127.0.0.1), its output in
+    `log`."""
 
     def __init__(
         self,
@@ -54,14 +69,16 @@ class GatewayProcess:
         port: int | None = None,
         cwd: Path | None = None,
         command: str = "serve",
+        host: str = "127.0.0.1",
     ) -> None:
         """`command` "node" runs `python -m gateway node` (a node, tests/test_nodes.py)."""
-        self.port = port or free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
+        self.port = port or free_port(host)
+        self.url = f"http://{host}:{self.port}"
         self.log = log
+        argv = [sys.executable, "-m", "gateway", command, "--host", host, "--port", str(self.port)]
         with log.open("ab") as out:
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", "gateway", command, "--port", str(self.port)],
+                argv,
                 env=env,
                 cwd=cwd or log.parent,
                 stdin=subprocess.DEVNULL,
