@@ -34,6 +34,7 @@ from gateway.fleet.placement import (
     awaiting,
     place,
 )
+from gateway.fleet.placement import allowed as is_allowed
 from gateway.tables import Node
 from gateway.types import iso_utc, utcnow
 
@@ -186,9 +187,9 @@ class FleetRegistry:
             return None
         return KnownNode(LOCAL_NODE, "", utcnow(), self._local())
 
-    def _all(self) -> list[KnownNode]:
+    def _all(self, with_local: bool = True) -> list[KnownNode]:
         """The local machine (if it takes part) first, then the nodes by name."""
-        local = self._local_node()
+        local = self._local_node() if with_local else None
         others = sorted(self._nodes.values(), key=lambda n: n.name)
         return [local, *others] if local is not None else others
 
@@ -199,9 +200,10 @@ class FleetRegistry:
         refused = self._refused.get(node.name)
         return refused is None or node.last_seen > refused
 
-    def views(self) -> list[NodeView]:
+    def views(self, with_local: bool = True) -> list[NodeView]:
+        """`with_local` False skips reading this machine's state (a profile it may not run)."""
         now = utcnow()
-        return [self._view(node, now) for node in self._all()]
+        return [self._view(node, now) for node in self._all(with_local)]
 
     def _view(self, node: KnownNode, now: datetime) -> NodeView:
         memory = node.status.get("memory") or {}
@@ -242,8 +244,9 @@ class FleetRegistry:
         the profile yet (just made or changed) could take it, wait up to `within` seconds for
         their next heartbeat, which brings it to them."""
         deadline = time.monotonic() + within
+        allowed_here = is_allowed(LOCAL_NODE, allowed)
         while True:
-            views = self.views()
+            views = self.views(with_local=allowed_here)
             name = place(views, profile, allowed, need_bytes, self.strategy, exclude)
             if name is not None:
                 return self.get(name)
