@@ -69,6 +69,8 @@ class ProfileFields(Strict):
             raise ValueError('"*" (any node) stands alone')
         if value is not None and len(set(value)) != len(value):
             raise ValueError("node names must differ")
+        if value is not None and any(n.lower() == "local" and n != "local" for n in value):
+            raise ValueError('write "local" in lower case: it names the gateway\'s own machine')
         return value
 
     @field_validator("env")

@@ -45,12 +45,13 @@ def _entries(gateway: Gateway, server: ManagedServer) -> list[dict[str, Any]]:
     """A local profile's server (`node`: "local"); a profile on nodes: one entry per node
     running it (this machine's in full, the others from their heartbeats), or one stopped
     entry (`node`: null) if none does."""
-    local = {**server.to_json(), "node": LOCAL_NODE}
+    local = _local_json(server)
     if server.profile.nodes is None:
         return [local]
-    here = gateway.servers.runs_here(server.profile) and server.state != "stopped"
-    base = {**server.to_json(), "pid": None, "port": None, "node": None}
-    entries = [local] if here else []
+    # Another node's server: the profile's fields, that node's report, none of this
+    # machine's process figures (they describe another process).
+    base = {**server.to_json(), **dict.fromkeys(_PROCESS_FIELDS), "node": None}
+    entries = [local] if gateway.servers.runs_here(server.profile) else []
     entries += [
         {
             **base,
@@ -58,6 +59,7 @@ def _entries(gateway: Gateway, server: ManagedServer) -> list[dict[str, Any]]:
             "inflight": report.get("in_flight", 0),
             "queued": report.get("queued", 0),
             "memory_bytes": report.get("memory_bytes", 0),
+            "need_bytes": report.get("need_bytes", server.need_bytes),
             "node": node,
         }
         for node, report in gateway.fleet.servers_of(server.name)
@@ -65,11 +67,35 @@ def _entries(gateway: Gateway, server: ManagedServer) -> list[dict[str, Any]]:
     return entries or [{**base, "state": "stopped", "inflight": 0, "memory_bytes": 0}]
 
 
+def _local_json(server: ManagedServer) -> dict[str, Any]:
+    """This machine's server of a profile, as the entries of `GET /api/servers` show it."""
+    return {**server.to_json(), "node": LOCAL_NODE}
+
+
+# What `ManagedServer.to_json` says of this machine's process, null on another node's entry.
+_PROCESS_FIELDS = (
+    "pid",
+    "port",
+    "started_at",
+    "last_used_at",
+    "cpu_percent",
+    "health_latency_ms",
+    "last_error",
+)
+
+
 def local_server_of(request: Request) -> ManagedServer:
     """`server_of`, refusing a profile that runs only on nodes (they start and stop it on
     demand); for one that may also run here, this machine's server."""
     server = server_of(request)
-    if not gateway_of(request).servers.runs_here(server.profile):
+    gateway = gateway_of(request)
+    if not gateway.servers.runs_here(server.profile):
+        if not gateway.settings.local_node:
+            raise Conflict(
+                f"profile {server.name!r} runs on nodes, and this gateway is not the node "
+                "'local' (MLX_MANAGER_LOCAL_NODE is off): its nodes start and stop it",
+                code="runs_on_nodes",
+            )
         raise Conflict(
             f"profile {server.name!r} runs only on nodes "
             f"({', '.join(server.profile.nodes or [])}), which start it on demand and stop it "
@@ -86,14 +112,14 @@ async def start_server(request: Request) -> Response:
     server = local_server_of(request)
     await manager.start(server)
     await manager.measure(server)
-    return JSONResponse(server.to_json())
+    return JSONResponse(_local_json(server))
 
 
 async def stop_server(request: Request) -> Response:
     await require_admin(request)
     server = local_server_of(request)
     await gateway_of(request).servers.stop(server, reason="stopped by an admin")
-    return JSONResponse(server.to_json())
+    return JSONResponse(_local_json(server))
 
 
 async def restart_server(request: Request) -> Response:
@@ -102,7 +128,7 @@ async def restart_server(request: Request) -> Response:
     server = local_server_of(request)
     await manager.restart(server)
     await manager.measure(server)
-    return JSONResponse(server.to_json())
+    return JSONResponse(_local_json(server))
 
 
 async def server_logs(request: Request) -> Response:

@@ -225,7 +225,7 @@ class NodeCollector(Collector):
                 continue
             up.add_metric([name], 1.0 if entry.get("status") == "up" else 0.0)
             seconds = _age_seconds(entry.get("last_seen"), now)
-            if seconds is not None:
+            if seconds is not None and not entry.get("local"):  # `local` is read live
                 age.add_metric([name], seconds)
             reported = entry.get("memory")
             if isinstance(reported, dict):

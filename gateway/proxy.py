@@ -49,6 +49,7 @@ from gateway.http import parse_json, read_body
 from gateway.limiter import refusal
 from gateway.request_id import request_id_of
 from gateway.runtime import Gateway
+from gateway.serving.errors import ModelTooLarge, NotOnThisMachine, QueueTimeout, StartFailed
 from gateway.serving.manager import Lease, ManagedServer
 from gateway.settings import Settings
 from gateway.upstream_errors import openai_status, to_openai_error
@@ -120,6 +121,11 @@ class UnsupportedEndpoint(NotFound):
 
 class NoNodeAvailable(ServiceUnavailable):
     code = "no_node_available"
+
+
+# Why this machine could not take a request that another node may: its start failed, the
+# model does not fit under its cap, memory did not free up in time, or the profile left it.
+_PLACE_ELSEWHERE = (StartFailed, ModelTooLarge, QueueTimeout, NotOnThisMachine)
 
 
 class NodeUnreachable(Exception):
@@ -662,11 +668,11 @@ async def serve_on_node(
     be reached before any byte reached the client is taken out of rotation here and the
     request goes, once, to another node. Usage and limits stay with the gateway, as local.
     Placed on `local` (this machine), it is served as a local profile is, with its errors."""
-    allowed = server.profile.nodes or []
     tried: list[str] = []
     failure: Exception | None = None
     local_error: GatewayError | None = None
     while len(tried) < 2:
+        allowed = server.profile.nodes or []  # read again: a retry follows a move
         node = await gateway.fleet.place(
             server.name,
             allowed,
@@ -681,9 +687,12 @@ async def serve_on_node(
             with gateway.fleet.sending(LOCAL_NODE, server.name):
                 try:
                     lease = await gateway.servers.acquire(server)
-                except GatewayError as exc:  # would not start or fit here: another node may
+                except _PLACE_ELSEWHERE as exc:  # would not start or fit here: another may
                     local_error = exc
                     continue
+                except GatewayError as exc:  # the profile was deleted, say: no node helps
+                    await error_response(exc, openai_shape=True)(scope, receive, send)
+                    return
                 await _serve_lease(gateway, scope, receive, send, lease, body)
             return
         try:

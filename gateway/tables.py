@@ -129,8 +129,8 @@ class ServerProfile(SQLModel, table=True):
     port: int | None = None
     command: list[str] | None = Field(default=None, sa_column=Column(JSON, nullable=True))
     health_path: str = "/health"
-    # Where it runs: None = this machine (the default); a list of node names = on those nodes
-    # (`mlx-manager node`), ["*"] = on any node. See gateway/fleet.
+    # Where it runs: None = this machine only (the default); a list of node names = on those
+    # nodes (`mlx-manager node`; "local" = this machine), ["*"] = on any node. See gateway/fleet.
     nodes: list[str] | None = Field(default=None, sa_column=Column(JSON, nullable=True))
     created_at: datetime = _ts(default_factory=utcnow)
     updated_at: datetime = _ts(default_factory=utcnow)
@@ -138,7 +138,9 @@ class ServerProfile(SQLModel, table=True):
 
 # The profile fields a running server was launched with (its command line, environment, port,
 # log file and health probe): changing one needs a restart. The others (aliases, idle_ttl,
-# pinned, memory_gb, auto_start) take effect without one. The one list the restart rule reads.
+# pinned, memory_gb, auto_start, nodes) take effect without one: `nodes` only says where it
+# may run (a server on a machine the profile left is stopped by the manager, not restarted).
+# The one list the restart rule reads.
 LAUNCH_FIELDS: frozenset[str] = frozenset(
     {
         "name",
@@ -155,7 +157,6 @@ LAUNCH_FIELDS: frozenset[str] = frozenset(
         "port",
         "command",
         "health_path",
-        "nodes",
     }
 )
 

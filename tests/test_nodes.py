@@ -477,23 +477,88 @@ async def test_the_gateways_own_machine_is_the_node_local(tmp_path: Path) -> Non
         assert f.served_by(hot) == LOCAL_NODE  # ready here: not loaded again elsewhere
         assert len(stub_pids(hot)) == 1
 
-        servers = {(s["name"], s["node"]): s for s in await f.env.servers()}
+        async def cold_ready_on_b() -> dict[tuple[str, str], dict[str, Any]] | None:
+            servers = {(s["name"], s["node"]): s for s in await f.env.servers()}
+            there = servers.get(("cold", "b"))
+            return servers if there is not None and there["state"] == "ready" else None
+
+        servers = await wait_until(cold_ready_on_b, message="cold ready on b")
         mine = servers[("hot", LOCAL_NODE)]
         assert mine["state"] == "ready"
         assert mine["pid"] in stub_pids(hot)
-        await f.env.wait_server(
-            "cold", lambda s: (s["node"], s["state"]) == ("b", "ready"), "ready on b"
-        )
-        assert ("cold", LOCAL_NODE) not in servers  # never started here
+        assert mine["cpu_percent"] is not None
+        assert servers[("cold", LOCAL_NODE)]["state"] == "stopped"  # may run here; never did
+        there = servers[("cold", "b")]
+        for field in ("pid", "port", "started_at", "cpu_percent", "last_error"):
+            assert there[field] is None, field  # this machine's figures are not b's
+        assert there["need_bytes"] == int(1.5 * GIB)
         models = await f.env.http.get("/v1/models", headers=f.env.auth)
         states = {m["id"]: m["state"] for m in models.json()["data"]}
         assert states["hot"] == states["cold"] == "ready"
         # An admin may stop this machine's server of such a profile (not a node's).
         stopped = await f.env.control("hot", "stop")
-        assert (stopped.status_code, stopped.json()["state"]) == (200, "stopped")
+        assert stopped.status_code == 200, stopped.text
+        assert (stopped.json()["state"], stopped.json()["node"]) == ("stopped", LOCAL_NODE)
         await f.add_stub("b-only", ["b"])
         refused = await f.env.control("b-only", "stop")
         assert (refused.status_code, refused.json()["code"]) == (409, "runs_on_nodes")
+
+
+async def test_changing_where_a_profile_runs_keeps_or_stops_its_server_here(
+    tmp_path: Path,
+) -> None:
+    """`nodes` is no launch field: adding a node keeps this machine's server as it is; taking
+    this machine out stops it, and a request waiting for it here goes to a node instead of
+    starting it again on a machine the profile left."""
+    async with fleet(tmp_path, max_memory_gb=2) as f:
+        await f.wait_nodes(a="up", b="up")
+        events = await f.add_stub("roaming", [LOCAL_NODE, "b"], memory_gb=1)
+        await f.wait_known("roaming", "b")
+        assert (await f.env.chat("roaming")).status_code == 200
+        here = f.env.managed("roaming")
+        assert f.served_by(events) == LOCAL_NODE
+        pid = here.process.pid if here.process else None
+
+        async def move(nodes: list[str]) -> None:
+            path = f"/api/profiles/{f.env.profile_id('roaming')}"
+            moved = await f.env.http.patch(path, json={"nodes": nodes}, headers=f.env.auth)
+            assert moved.status_code == 200, moved.text
+
+        await move([LOCAL_NODE, "b", "a"])
+        assert f.env.managed("roaming").state == "ready"
+        assert here.process is not None
+        assert here.process.pid == pid  # not restarted
+        assert (await f.env.chat("roaming")).status_code == 200
+        assert f.served_by(events) == LOCAL_NODE
+
+        await move(["b"])
+        assert f.env.managed("roaming").state == "stopped"
+        assert (await f.env.chat("roaming")).status_code == 200
+        assert f.served_by(events) == "b"
+
+        # Only here (slow to load), then away while a request waits for that start: the
+        # request is answered by b, and nothing is started here again.
+        slow = stub_command("--quiet", "--events", str(events), "--startup-delay", "2")
+        path = f"/api/profiles/{f.env.profile_id('roaming')}"
+        changed = await f.env.http.patch(
+            path, json={"command": slow, "nodes": [LOCAL_NODE]}, headers=f.env.auth
+        )
+        assert changed.status_code == 200, changed.text
+        waiting = asyncio.ensure_future(f.env.chat("roaming"))
+        await wait_until(
+            lambda: f.env.managed("roaming").state == "starting", message="starting here"
+        )
+        await move(["b"])
+        answer = await waiting
+        assert answer.status_code == 200, answer.text
+        assert f.served_by(events) == "b"
+        assert f.env.managed("roaming").state == "stopped"
+
+        async def only_on_b() -> bool:
+            entries = await f.env.servers()
+            return [s["node"] for s in entries if s["name"] == "roaming"] == ["b"]
+
+        await wait_until(only_on_b, message="roaming listed on b only")
 
 
 async def test_a_profile_that_will_not_start_here_goes_to_a_node(tmp_path: Path) -> None:
@@ -783,12 +848,13 @@ async def test_without_a_node_token_nodes_are_disabled(tmp_path: Path) -> None:
         # Any node: this machine is one, with or without others.
         await env.add_profile("anywhere", stub_command(), nodes=["*"])
         assert (await env.chat("anywhere")).status_code == 200
-        bad = await env.http.post(
-            "/api/profiles",
-            json={"name": "x", "command": stub_command(), "nodes": ["*", "a"]},
-            headers=env.auth,
-        )
-        assert bad.status_code == 422
+        for nodes in (["*", "a"], ["Local", "a"]):
+            bad = await env.http.post(
+                "/api/profiles",
+                json={"name": "x", "command": stub_command(), "nodes": nodes},
+                headers=env.auth,
+            )
+            assert bad.status_code == 422, nodes
 
 
 def test_the_node_command_needs_a_token_and_a_gateway(tmp_path: Path) -> None:

@@ -133,6 +133,8 @@ class FleetRegistry:
         self._learn(row.name, row.url, row.last_seen, row.status)
 
     def _learn(self, name: str, url: str, seen: datetime, status: dict[str, Any]) -> None:
+        if name.lower() == LOCAL_NODE:  # a row from before the name was reserved
+            return
         known = self._nodes.get(name)
         if known is not None and known.last_seen >= seen:
             return

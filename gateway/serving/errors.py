@@ -43,6 +43,13 @@ class ProfileRemoved(NotFound):
     code = "model_not_found"
 
 
+class NotOnThisMachine(ServiceUnavailable):
+    """The profile was moved off this machine (its `nodes` no longer include it) while a
+    request waited here: never start it again here; the caller may place it on a node."""
+
+    code = "no_node_available"
+
+
 class PortTaken(StartFailed):
     """The health check was answered on the server's port, but not by the process we launched.
 

@@ -36,6 +36,7 @@ from gateway.serving import policy
 from gateway.serving.errors import (
     MAX_RETRY_AFTER,
     ModelTooLarge,
+    NotOnThisMachine,
     ProfileRemoved,
     QueueTimeout,
     StartFailed,
@@ -151,10 +152,15 @@ class ServerManager:
             await self.add_profile(profile)
             return
         if not launch_changed(server.profile, profile):
+            moved_here = not self.runs_here(server.profile) and self.runs_here(profile)
             server.profile = profile.model_copy()
             server.estimate_bytes = await self._estimate(server.profile)
+            if moved_here:
+                server.failed_at = None  # a failure from before is no reason to wait now
             self._registry.reindex()
             self._changed.notify()
+            if server.state in RUNNING and not self.runs_here(profile):
+                await self.stop(server, reason="no longer runs on this machine")
             return
         was_running = server.state in RUNNING
         if was_running:
@@ -302,6 +308,12 @@ class ServerManager:
                 # caller is cancelled (or gives up): the start goes on for the others.
                 await asyncio.wait({server.task}, timeout=max(deadline - time.monotonic(), 0))
             elif isinstance(step, policy.Start):
+                if not self.runs_here(server.profile):  # moved to nodes while this waited
+                    raise NotOnThisMachine(
+                        f"'{server.name}' no longer runs on this machine (its nodes are "
+                        f"{', '.join(server.profile.nodes or [])}); retry to reach them",
+                        headers={"Retry-After": "1"},
+                    )
                 self._lifecycle.begin_start(server)
             elif isinstance(step, policy.Evict):
                 for name in step.victims:
