@@ -236,13 +236,15 @@ async def serve_local(
     server: ManagedServer,
     body: bytes,
 ) -> None:
-    """Borrow this machine's server for `server`'s profile (started on demand), forward."""
-    try:
-        lease = await gateway.servers.acquire(server)
-    except GatewayError as exc:
-        await error_response(exc, openai_shape=True)(scope, receive, send)
-        return
-    await _serve_lease(gateway, scope, receive, send, lease, body)
+    """Borrow this machine's server for `server`'s profile (started on demand), forward.
+    Counted as on the node `local` while it lasts (its in-flight and queued requests)."""
+    with gateway.fleet.sending(LOCAL_NODE, server.name):
+        try:
+            lease = await gateway.servers.acquire(server)
+        except GatewayError as exc:
+            await error_response(exc, openai_shape=True)(scope, receive, send)
+            return
+        await _serve_lease(gateway, scope, receive, send, lease, body)
 
 
 async def _serve_lease(

@@ -97,9 +97,7 @@ class Gateway:
             strategy=settings.placement,
             # The gateway's own machine, the node `local`: its status straight from the manager.
             local=(
-                partial(machine_status, servers, LOCAL_NODE, None, {})
-                if settings.local_node
-                else None
+                partial(machine_status, servers, LOCAL_NODE, None) if settings.local_node else None
             ),
         )
         metrics.watch_fleet(fleet)

@@ -582,6 +582,24 @@ async def test_a_profile_that_will_not_start_here_goes_to_a_node(tmp_path: Path)
         assert "not a node" in failed.json()["error"]["message"]
 
 
+async def test_the_local_entry_counts_requests_waiting_here(tmp_path: Path) -> None:
+    """/api/nodes (and the node metrics) show this machine's queue like a node's: requests
+    waiting for a start count as queued until a server takes them."""
+    async with gateway_env(tmp_path) as env:
+        await env.add_stub("slow", "--startup-delay", "1.5")
+        asked = [asyncio.ensure_future(env.chat("slow")) for _ in range(3)]
+
+        async def queued_here() -> dict[str, Any] | None:
+            listed = (await env.http.get("/api/nodes", headers=env.auth)).json()
+            here = {s["profile"]: s for s in listed[0]["servers"]}["slow"]
+            return here if (here["state"], here["queued"]) == ("starting", 3) else None
+
+        await wait_until(queued_here, message="three requests queued on local")
+        assert [(await a).status_code for a in asked] == [200] * 3
+        listed = (await env.http.get("/api/nodes", headers=env.auth)).json()
+        assert (listed[0]["in_flight"], listed[0]["queued"]) == (0, 0)
+
+
 async def test_a_gateway_that_is_no_node_keeps_such_profiles_off_its_machine(
     tmp_path: Path,
 ) -> None:

@@ -17,7 +17,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from typing import Any
@@ -59,10 +59,10 @@ class FleetRegistry:
         timeout: float,
         refresh_interval: float,
         strategy: Strategy,
-        local: Callable[[], dict[str, Any]] | None = None,
+        local: Callable[[Mapping[str, int]], dict[str, Any]] | None = None,
     ) -> None:
-        """`local` reports the gateway's own machine (`fleet.local.machine_status`); None
-        leaves it out of placement."""
+        """`local` reports the gateway's own machine (`fleet.local.machine_status`) given the
+        requests on it per profile (`sending`); None leaves it out of placement."""
         self._sessions = sessions
         self._local = local
         self.timeout = timeout
@@ -187,7 +187,8 @@ class FleetRegistry:
     def _local_node(self) -> KnownNode | None:
         if self._local is None:
             return None
-        return KnownNode(LOCAL_NODE, "", utcnow(), self._local())
+        active = {p: n for (node, p), n in self._inflight.items() if node == LOCAL_NODE}
+        return KnownNode(LOCAL_NODE, "", utcnow(), self._local(active))
 
     def _all(self, with_local: bool = True) -> list[KnownNode]:
         """The local machine (if it takes part) first, then the nodes by name."""
@@ -215,7 +216,7 @@ class FleetRegistry:
             if report is not None:
                 reports[report.profile] = report
         for (name, profile), count in self._inflight.items():
-            if name == node.name:
+            if name == node.name != LOCAL_NODE:  # the local report counts them already
                 mine = reports.get(profile, ServerReport(profile, "starting"))
                 reports[profile] = replace(mine, in_flight=max(mine.in_flight, count))
         expired = now - timedelta(seconds=self.timeout)
