@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 from gateway.serving.launch import BACKEND_NAME
@@ -21,3 +22,15 @@ def require_backend() -> str:
 
 def tiny_model() -> Path:
     return build_tiny_model(TINY_MODEL_DIR)
+
+
+def without_end_tokens() -> dict[str, int]:
+    """A `logit_bias` (OpenAI's own parameter) that keeps the tiny model from ending early.
+
+    Its weights are random and the server samples: now and then the first token drawn is an
+    end token, and an answer meant to stream several chunks is one token long. With the end
+    tokens banned, an answer is always `max_tokens` long.
+    """
+    config = json.loads((tiny_model() / "config.json").read_text())
+    ends = config["eos_token_id"]
+    return {str(token): -100 for token in (ends if isinstance(ends, list) else [ends])}
