@@ -120,25 +120,29 @@ async def create_profile(request: Request) -> Response:
             await store.profiles.add_profile(session, profile)
         server = await gateway.servers.add_profile(profile)
     return JSONResponse(
-        profile_json(profile, server.state, server.need_bytes, reveal=_may_see_env(principal)),
+        profile_json(
+            profile, gateway.state_of(server), server.need_bytes, reveal=_may_see_env(principal)
+        ),
         status_code=201,
     )
 
 
 async def list_profiles(request: Request) -> Response:
     reveal = _may_see_env(await require_user(request))
-    servers = gateway_of(request).servers
+    gateway = gateway_of(request)
     return JSONResponse(
-        [profile_json(s.profile, s.state, s.need_bytes, reveal=reveal) for s in servers.servers()]
+        [
+            profile_json(s.profile, gateway.state_of(s), s.need_bytes, reveal=reveal)
+            for s in gateway.servers.servers()
+        ]
     )
 
 
 async def get_profile(request: Request) -> Response:
     reveal = _may_see_env(await require_user(request))
     server = server_of(request)
-    return JSONResponse(
-        profile_json(server.profile, server.state, server.need_bytes, reveal=reveal)
-    )
+    state = gateway_of(request).state_of(server)
+    return JSONResponse(profile_json(server.profile, state, server.need_bytes, reveal=reveal))
 
 
 def _may_see_env(principal: Principal) -> bool:
@@ -164,7 +168,8 @@ async def update_profile(request: Request) -> Response:
         if changed:
             await gateway.servers.update_profile(profile)
     reveal = _may_see_env(principal)
-    return JSONResponse(profile_json(profile, server.state, server.need_bytes, reveal=reveal))
+    state = gateway.state_of(server)
+    return JSONResponse(profile_json(profile, state, server.need_bytes, reveal=reveal))
 
 
 def _apply(profile: ServerProfile, body: ProfileUpdate) -> bool:

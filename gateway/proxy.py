@@ -44,7 +44,7 @@ from gateway.errors import (
     openai_error_response,
 )
 from gateway.fleet.placement import LOCAL_NODE
-from gateway.fleet.registry import KnownNode
+from gateway.fleet.registry import UNASSIGNED_HEADER, KnownNode
 from gateway.http import parse_json, read_body
 from gateway.limiter import refusal
 from gateway.request_id import request_id_of
@@ -126,6 +126,15 @@ class NoNodeAvailable(ServiceUnavailable):
 # Why this machine could not take a request that another node may: its start failed, the
 # model does not fit under its cap, memory did not free up in time, or the profile left it.
 _PLACE_ELSEWHERE = (StartFailed, ModelTooLarge, QueueTimeout, NotOnThisMachine)
+
+
+# Times one request waits for a node to be told of its profile (each wait: up to the queue
+# timeout for a heartbeat) before it is answered 503 no_node_available.
+_MAX_HEARTBEAT_WAITS = 2
+
+
+class NodeLacksProfile(Exception):
+    """The node was not given the profile yet (or any more): wait for its next heartbeat."""
 
 
 class NodeUnreachable(Exception):
@@ -670,10 +679,12 @@ async def serve_on_node(
     be reached before any byte reached the client is taken out of rotation here and the
     request goes, once, to another node. Usage and limits stay with the gateway, as local.
     Placed on `local` (this machine), it is served as a local profile is, with its errors."""
-    tried: list[str] = []
+    tried: list[str] = []  # nodes that failed here: never tried again for this request
+    attempts = waited_for_heartbeat = 0
     failure: Exception | None = None
     local_error: GatewayError | None = None
-    while len(tried) < 2:
+    while attempts < 2:
+        attempts += 1
         allowed = server.profile.nodes or []  # read again: a retry follows a move
         node = await gateway.fleet.place(
             server.name,
@@ -684,12 +695,12 @@ async def serve_on_node(
         )
         if node is None:
             break
-        tried.append(node.name)
         if node.name == LOCAL_NODE:
             with gateway.fleet.sending(LOCAL_NODE, server.name):
                 try:
                     lease = await gateway.servers.acquire(server)
                 except _PLACE_ELSEWHERE as exc:  # would not start or fit here: another may
+                    tried.append(node.name)
                     local_error = exc
                     continue
                 except GatewayError as exc:  # the profile was deleted, say: no node helps
@@ -701,7 +712,13 @@ async def serve_on_node(
             with gateway.fleet.sending(node.name, server.name):
                 await _forward_to_node(gateway, scope, send, node, body)
             return
+        except NodeLacksProfile:  # moved there just now: its next heartbeat brings it
+            gateway.fleet.lacks(node.name, server.name)
+            if waited_for_heartbeat < _MAX_HEARTBEAT_WAITS:
+                waited_for_heartbeat += 1
+                attempts -= 1  # not a failure of the node: it is told with its next heartbeat
         except NodeUnreachable as exc:
+            tried.append(node.name)
             gateway.fleet.refused(node.name, str(exc))
             failure = exc
         except GatewayError as exc:  # raised only before anything was sent
@@ -749,6 +766,8 @@ async def _forward_to_node(
     except (aiohttp.ClientConnectionError, aiohttp.ClientPayloadError) as exc:
         raise BadGateway(f"node {node.name} failed to answer ({type(exc).__name__})") from exc
     try:
+        if upstream.status == 404 and UNASSIGNED_HEADER in upstream.headers:
+            raise NodeLacksProfile()
         if upstream.status == 401:
             raise BadGateway(
                 f"node {node.name} refused this gateway's node token: MLX_MANAGER_NODE_TOKEN "
@@ -845,17 +864,6 @@ async def _relay_node_stream(
 # ---- model listing --------------------------------------------------------------------------
 
 
-def _state_of(gateway: Gateway, server: ManagedServer) -> str:
-    """A local profile's server state; for a profile on nodes, the best of theirs (this
-    machine's included when it may run there)."""
-    if server.profile.nodes is None:
-        return server.state
-    states = {report.get("state") for _, report in gateway.fleet.servers_of(server.name)}
-    if gateway.servers.runs_here(server.profile):
-        states.add(server.state)
-    return next((s for s in ("ready", "starting") if s in states), "stopped")
-
-
 def _model_entry(gateway: Gateway, server: ManagedServer, model_id: str) -> dict[str, Any]:
     created = server.profile.created_at
     return {
@@ -865,7 +873,7 @@ def _model_entry(gateway: Gateway, server: ManagedServer, model_id: str) -> dict
         "owned_by": "mlx-manager",
         "profile": server.name,
         "model_type": server.profile.model_type,
-        "state": _state_of(gateway, server),
+        "state": gateway.state_of(server),
     }
 
 

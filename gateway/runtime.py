@@ -25,7 +25,7 @@ from gateway.fleet.registry import FleetRegistry
 from gateway.limiter import Limiter
 from gateway.metrics import Metrics
 from gateway.revocation import RevocationListener
-from gateway.serving.manager import ServerManager
+from gateway.serving.manager import ManagedServer, ServerManager
 from gateway.settings import Settings
 from gateway.throttle import AttemptLimit, LoginThrottle
 from gateway.usage import UsageRecorder
@@ -54,6 +54,19 @@ class Gateway:
     stopping: asyncio.Event = field(default_factory=asyncio.Event)
     # PostgreSQL only: hears other replicas' revocations (gateway/revocation.py).
     revocations: RevocationListener | None = None
+
+    def state_of(self, server: ManagedServer) -> str:
+        """A profile's state wherever it may run: the best of its nodes' (ready, then
+        starting) and, when it may run on this machine, else this machine's own (`failed`
+        included); a profile only on nodes that none runs is `stopped`."""
+        if server.profile.nodes is None:
+            return server.state
+        states = {report.get("state") for _, report in self.fleet.servers_of(server.name)}
+        here = self.servers.runs_here(server.profile)
+        if here:
+            states.add(server.state)
+        best = next((s for s in ("ready", "starting") if s in states), None)
+        return best or (server.state if here else "stopped")
 
     @classmethod
     async def open(cls, settings: Settings) -> Gateway:

@@ -495,6 +495,8 @@ async def test_the_gateways_own_machine_is_the_node_local(tmp_path: Path) -> Non
         models = await f.env.http.get("/v1/models", headers=f.env.auth)
         states = {m["id"]: m["state"] for m in models.json()["data"]}
         assert states["hot"] == states["cold"] == "ready"
+        listed = (await f.env.http.get("/api/profiles", headers=f.env.auth)).json()
+        assert {p["name"]: p["state"] for p in listed}["cold"] == "ready"  # on b, not here
         # An admin may stop this machine's server of such a profile (not a node's).
         stopped = await f.env.control("hot", "stop")
         assert stopped.status_code == 200, stopped.text
@@ -559,6 +561,31 @@ async def test_changing_where_a_profile_runs_keeps_or_stops_its_server_here(
             return [s["node"] for s in entries if s["name"] == "roaming"] == ["b"]
 
         await wait_until(only_on_b, message="roaming listed on b only")
+
+
+async def test_a_node_that_was_not_given_the_profile_yet_is_waited_for_not_relayed(
+    tmp_path: Path,
+) -> None:
+    """A node's report can be older than the profile's move: its 404 "not assigned" is not
+    the client's answer; the gateway waits for the heartbeat that brings the profile."""
+    async with fleet(tmp_path, queue_timeout=1) as f:
+        await f.wait_nodes(a="up", b="up")
+        await f.add_stub("elsewhere", ["c"])
+        # "c" claims the profile ready, at b's address; b was never given it.
+        beat = {
+            "name": "c",
+            "url": f.nodes["b"].url,
+            "memory": {"cap_bytes": 8 * GIB, "used_bytes": GIB, "free_bytes": 7 * GIB},
+            "servers": [{"profile": "elsewhere", "state": "ready", "memory_bytes": GIB}],
+        }
+        sent = await f.env.http.post("/api/nodes/heartbeat", json=beat, headers=bearer(NODE_TOKEN))
+        assert sent.status_code == 200, sent.text
+        answer = await f.env.chat("elsewhere")
+        assert answer.status_code == 503, answer.text  # c never reported it again
+        assert answer.json()["error"]["code"] == "no_node_available"
+        assert "not assigned" not in answer.text
+        listed = await f.nodes_json()
+        assert "elsewhere" not in {s["profile"] for s in listed["c"]["servers"]}  # forgotten
 
 
 async def test_a_profile_that_will_not_start_here_goes_to_a_node(tmp_path: Path) -> None:

@@ -40,6 +40,10 @@ from gateway.types import iso_utc, utcnow
 
 log = logging.getLogger("mlx_manager.fleet")
 
+# Set by a node on its 404 for a model it was not given (yet): the gateway then waits for that
+# node's next heartbeat, whose answer brings it the profile, instead of relaying the 404.
+UNASSIGNED_HEADER = "x-mlx-manager-unassigned"
+
 
 @dataclass
 class KnownNode:
@@ -163,6 +167,17 @@ class FleetRegistry:
         for key in [k for k in self._sent if k[0] == name]:
             del self._sent[key]
         log.warning("node %s is out of rotation until it reports again: %s", name, reason)
+
+    def lacks(self, name: str, profile: str) -> None:
+        """`name` answered that it has no `profile` (it left, or just came, since its last
+        report): forget that report, so placement waits for the heartbeat that brings it."""
+        self._sent.pop((name, profile), None)
+        known = self._nodes.get(name)
+        if known is None:
+            return
+        servers = known.status.get("servers", [])
+        kept = [s for s in servers if not (isinstance(s, dict) and s.get("profile") == profile)]
+        known.status = {**known.status, "servers": kept}
 
     @contextlib.contextmanager
     def sending(self, node: str, profile: str) -> Iterator[None]:

@@ -20,6 +20,7 @@ from starlette.types import Receive, Scope, Send
 
 from gateway.errors import GatewayError, error_response
 from gateway.fleet.auth import require_node_token
+from gateway.fleet.registry import UNASSIGNED_HEADER
 from gateway.node.agent import NodeAgent
 from gateway.proxy import ENDPOINTS, ModelNotFound, read_routed, serve_local, until_disconnect
 from gateway.request_id import RequestIdMiddleware
@@ -45,7 +46,9 @@ class NodeEndpoint:
             server = gateway.servers.resolve(model)
             if server is None:
                 raise ModelNotFound(
-                    f"the model '{model}' is not assigned to node {agent.name}", param="model"
+                    f"the model '{model}' is not assigned to node {agent.name}",
+                    param="model",
+                    headers={UNASSIGNED_HEADER: model},
                 )
         except GatewayError as exc:
             await error_response(exc, openai_shape=True)(scope, receive, send)
