@@ -18,8 +18,8 @@ from starlette.routing import Route
 from admin.schemas import Strict
 from gateway import store
 from gateway.auth import require_admin
-from gateway.errors import Conflict, NotFound
-from gateway.fleet.auth import require_node_token
+from gateway.errors import Conflict, Forbidden, NotFound
+from gateway.fleet.auth import authenticate_node
 from gateway.fleet.placement import LOCAL_NODE, allowed
 from gateway.http import read_model
 from gateway.runtime import gateway_of
@@ -67,8 +67,21 @@ class Heartbeat(Strict):
 
 async def heartbeat(request: Request) -> Response:
     gateway = gateway_of(request)
-    require_node_token(request.headers, gateway.settings.node_token)
+    settings = gateway.settings
+    bound = authenticate_node(request.headers, settings.node_token, settings.node_token_map)
     body = await read_model(request, Heartbeat)
+    if bound is None and body.name in settings.node_token_map:
+        raise Forbidden(
+            f"node {body.name!r} has its own token (MLX_MANAGER_NODE_TOKENS): the shared "
+            "token may not speak for it",
+            code="wrong_node",
+        )
+    if bound is not None and body.name != bound:
+        raise Forbidden(
+            f"this node token belongs to node {bound!r}, not {body.name!r}: give each node "
+            "its own token (MLX_MANAGER_NODE_TOKENS) and its matching MLX_MANAGER_NODE_NAME",
+            code="wrong_node",
+        )
     status = body.model_dump(mode="json")
     seen = utcnow()
     gateway.fleet.heard(Node(name=body.name, url=body.url, last_seen=seen, status=status))

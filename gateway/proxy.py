@@ -756,7 +756,10 @@ async def _forward_to_node(
     if query:
         url += "?" + query.decode("latin-1")
     headers = _upstream_headers(scope)
-    headers["authorization"] = f"Bearer {gateway.settings.node_token}"
+    token = gateway.settings.node_token_map.get(node.name, gateway.settings.node_token)
+    if token is None:  # it registered with a token since removed from this gateway's list
+        raise NodeUnreachable(f"no token for node {node.name} in MLX_MANAGER_NODE_TOKENS")
+    headers["authorization"] = f"Bearer {token}"
     try:
         upstream = await _while_reporting(
             gateway, node, gateway.http.request(scope["method"], url, data=body, headers=headers)
@@ -770,8 +773,9 @@ async def _forward_to_node(
             raise NodeLacksProfile()
         if upstream.status == 401:
             raise BadGateway(
-                f"node {node.name} refused this gateway's node token: MLX_MANAGER_NODE_TOKEN "
-                "must be the same on the gateway and every node"
+                f"node {node.name} refused this gateway's node token: its MLX_MANAGER_NODE_TOKEN "
+                "must be the gateway's (shared) one, or its own entry in the gateway's "
+                "MLX_MANAGER_NODE_TOKENS"
             )
         content_type = upstream.headers.get("content-type", "")
         if content_type.startswith("text/event-stream") and upstream.status < 400:

@@ -117,7 +117,7 @@ class Gateway:
         metrics.watch_usage_spool(usage.spool)
         # A gateway with nodes enabled re-reads the nodes table; a node (it has a gateway URL)
         # and a single machine (no token) have no nodes of their own to read.
-        if settings.node_token is not None and settings.gateway_url is None:
+        if settings.nodes_enabled and settings.gateway_url is None:
             fleet.start()
         revocations = None
         if engine.dialect.name == "postgresql":

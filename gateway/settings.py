@@ -8,6 +8,7 @@ validated here rather than where they are used.
 from __future__ import annotations
 
 import os
+import re
 import secrets
 import stat
 from pathlib import Path
@@ -142,6 +143,10 @@ class Settings(BaseSettings):
     # Nodes (gateway/fleet, gateway/node): model servers on other machines. The shared secret
     # nodes and the gateway present to each other; unset = nodes disabled (this machine only).
     node_token: str | None = Field(default=None, repr=False)
+    # Gateway side: per-node secrets, "name=token,name=token": a node with its own token may
+    # heartbeat only under its name and receives only its profiles; the gateway calls it with
+    # that token. With or without the shared NODE_TOKEN.
+    node_tokens: str | None = Field(default=None, repr=False)
     # Gateway side: a node silent this long is out of rotation; an open stream from a node that
     # sends nothing for this long ends with an SSE error event; how a profile with no ready
     # server is placed (binpack: the fullest node that fits; spread: the emptiest).
@@ -186,6 +191,13 @@ class Settings(BaseSettings):
             raise ValueError("'local' names the gateway's own machine; name this node otherwise")
         return value
 
+    @field_validator("node_tokens", mode="after")
+    @classmethod
+    def _check_node_tokens(cls, value: str | None) -> str | None:
+        if value is not None:
+            parse_node_tokens(value)
+        return value
+
     @field_validator("node_token", mode="after")
     @classmethod
     def _check_node_token(cls, value: str | None) -> str | None:
@@ -203,6 +215,16 @@ class Settings(BaseSettings):
         if self.hf_cache_path is not None:
             self.hf_cache_path = self.hf_cache_path.expanduser()
         return self
+
+    @property
+    def node_token_map(self) -> dict[str, str]:
+        """Each node's own token (MLX_MANAGER_NODE_TOKENS), by node name."""
+        return parse_node_tokens(self.node_tokens) if self.node_tokens else {}
+
+    @property
+    def nodes_enabled(self) -> bool:
+        """Whether this gateway takes nodes: a shared node token, or per-node ones."""
+        return self.node_token is not None or bool(self.node_tokens)
 
     @property
     def logs_dir(self) -> Path:
@@ -242,6 +264,33 @@ def check_secret_strength(value: str) -> None:
         )
     if value.strip().lower() in KNOWN_PLACEHOLDER_SECRETS or "change_me" in value.lower():
         raise ValueError("is a known placeholder; set a random value or unset it")
+
+
+def parse_node_tokens(value: str) -> dict[str, str]:
+    """ "studio-1=TOKEN,studio-2=TOKEN" by name; errors name the entry, never its token."""
+    tokens: dict[str, str] = {}
+    for number, entry in enumerate(value.split(","), start=1):
+        name, sep, token = entry.strip().partition("=")
+        name = name.strip()
+        if not sep or not _NODE_NAME.fullmatch(name):
+            raise ValueError(
+                f"entry {number} is not name=token (names: letters, digits, _ . : @ + -)"
+            )
+        if name.lower() == "local":
+            raise ValueError(f"entry {number}: 'local' names the gateway's own machine")
+        if name in tokens:
+            raise ValueError(f"node {name!r} is listed twice")
+        try:
+            check_secret_strength(token)
+        except ValueError as exc:
+            raise ValueError(f"the token of node {name!r} {exc}") from None
+        if token in tokens.values():
+            raise ValueError(f"node {name!r} has the token of another node: give each its own")
+        tokens[name] = token
+    return tokens
+
+
+_NODE_NAME = re.compile(r"[A-Za-z0-9][\w.:@+-]{0,199}")
 
 
 def make_private_dir(path: Path) -> None:

@@ -57,6 +57,7 @@ from tests.support.postgres import PostgresServer
 from tests.support.waiting import wait_until
 
 NODE_TOKEN = "node-token-for-the-tests-" + "n" * 24
+OWN_TOKENS = {name: f"own-token-of-node-{name}-" + name * 24 for name in ("a", "b")}
 SECRET = "node-test-jwt-secret-" + "j" * 40
 GIB = 1024**3
 # Different caps, so binpack (the fullest node that fits) and spread pick different nodes.
@@ -203,6 +204,14 @@ def test_node_settings_at_their_edges(tmp_path: Path) -> None:
     with pytest.raises(SettingsError, match="MLX_MANAGER_NODE_TOKEN") as short:
         load_settings(**base, node_token="k" * 31)
     assert "k" * 31 not in str(short.value)  # a secret is never echoed
+    own, other = "t" * 32, "u" * 32
+    only_own = load_settings(**base, node_tokens=f"a={own}, b={other}")
+    assert only_own.node_token_map == {"a": own, "b": other}
+    assert only_own.nodes_enabled  # per-node tokens alone turn nodes on
+    for wrong in ("a", f"a={'t' * 31}", f"local={own}", f"a={own},a={other}", f"a={own},b={own}"):
+        with pytest.raises(SettingsError, match="MLX_MANAGER_NODE_TOKENS") as raised:
+            load_settings(**base, node_tokens=wrong)
+        assert "t" * 31 not in str(raised.value)
     for field, good, bad in (
         ("node_timeout", 3600, 0),
         ("node_stream_idle_timeout", 3600, 0),
@@ -301,16 +310,25 @@ def stub_pids(*events: Path) -> set[int]:
 
 @contextlib.asynccontextmanager
 async def fleet(
-    tmp_path: Path, node_settings: dict[str, str] | None = None, **gateway_settings: Any
+    tmp_path: Path,
+    node_settings: dict[str, str] | None = None,
+    *,
+    own_tokens: bool = False,
+    **gateway_settings: Any,
 ) -> AsyncIterator[Fleet]:
+    """A gateway (in-process) and nodes a and b; with `own_tokens`, each node uses its own
+    token (OWN_TOKENS, the gateway's MLX_MANAGER_NODE_TOKENS) and the shared one stays set."""
     settings: dict[str, Any] = {
         "node_token": NODE_TOKEN,
         "node_timeout": 3,
         "heartbeat_interval": 0.2,
         **gateway_settings,
     }
+    if own_tokens:
+        settings["node_tokens"] = ",".join(f"{n}={t}" for n, t in OWN_TOKENS.items())
     processes: dict[str, GatewayProcess] = {}
-    secrets.SEEN.add(NODE_TOKEN)  # the secret scan (test_zz_secret_scan) checks every log
+    for token in (NODE_TOKEN, *OWN_TOKENS.values()):  # the secret scan checks every log
+        secrets.SEEN.add(token)
     async with gateway_env(tmp_path, **settings) as env:
         try:
             for name in ("a", "b"):
@@ -319,7 +337,7 @@ async def fleet(
                 environment = serve_environment(
                     home,
                     SECRET,
-                    node_token=NODE_TOKEN,
+                    node_token=OWN_TOKENS[name] if own_tokens else NODE_TOKEN,
                     gateway_url=env.url,
                     node_name=name,
                     heartbeat_interval="0.2",
@@ -870,6 +888,37 @@ async def test_the_node_token_is_checked_both_ways(tmp_path: Path) -> None:
             assert unknown.json()["error"]["code"] == "model_not_found"
         listed = await f.env.http.get("/api/nodes", headers=bearer(NODE_TOKEN))
         assert listed.status_code == 401  # the node token is no admin login
+
+
+async def test_nodes_with_their_own_tokens_speak_only_for_themselves(tmp_path: Path) -> None:
+    async with fleet(tmp_path, own_tokens=True) as f:
+        await f.wait_nodes(a="up", b="up")  # each heartbeats with its own token
+        events = await f.add_stub("on-b", ["b"])
+        await f.add_stub("on-a", ["a"])
+        answer = await f.env.chat("on-b")  # b refuses any token but its own
+        assert answer.status_code == 200, answer.text
+        assert f.served_by(events) == "b"
+
+        def beat(name: str) -> dict[str, Any]:
+            return {
+                "name": name,
+                "url": f.nodes[name].url,
+                "memory": {"cap_bytes": GIB, "used_bytes": 0, "free_bytes": GIB},
+            }
+
+        post = f.env.http.post
+        for token, name in ((OWN_TOKENS["a"], "b"), (NODE_TOKEN, "b")):
+            refused = await post("/api/nodes/heartbeat", json=beat(name), headers=bearer(token))
+            assert (refused.status_code, refused.json()["code"]) == (403, "wrong_node")
+            assert token not in refused.text
+        mine = await post("/api/nodes/heartbeat", json=beat("a"), headers=bearer(OWN_TOKENS["a"]))
+        assert mine.status_code == 200, mine.text
+        assert [p["name"] for p in mine.json()["profiles"]] == ["on-a"]  # never b's profiles
+        # The shared token still speaks for a node without a token of its own.
+        other = await post(
+            "/api/nodes/heartbeat", json=beat("a") | {"name": "c"}, headers=bearer(NODE_TOKEN)
+        )
+        assert other.status_code == 200, other.text
 
 
 async def test_without_a_node_token_nodes_are_disabled(tmp_path: Path) -> None:
