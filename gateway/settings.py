@@ -14,7 +14,7 @@ import stat
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import Field, ValidationError, field_validator, model_validator
+from pydantic import Field, ValidationError, ValidationInfo, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 ENV_PREFIX = "MLX_MANAGER_"
@@ -193,9 +193,15 @@ class Settings(BaseSettings):
 
     @field_validator("node_tokens", mode="after")
     @classmethod
-    def _check_node_tokens(cls, value: str | None) -> str | None:
+    def _check_node_tokens(cls, value: str | None, info: ValidationInfo) -> str | None:
         if value is not None:
-            parse_node_tokens(value)
+            shared = info.data.get("node_token")
+            for name, token in parse_node_tokens(value).items():
+                if token == shared:
+                    raise ValueError(
+                        f"node {name!r} has the shared MLX_MANAGER_NODE_TOKEN as its own "
+                        "token: give it one of its own"
+                    )
         return value
 
     @field_validator("node_token", mode="after")

@@ -212,6 +212,9 @@ def test_node_settings_at_their_edges(tmp_path: Path) -> None:
         with pytest.raises(SettingsError, match="MLX_MANAGER_NODE_TOKENS") as raised:
             load_settings(**base, node_tokens=wrong)
         assert "t" * 31 not in str(raised.value)
+    with pytest.raises(SettingsError, match="MLX_MANAGER_NODE_TOKENS") as same:
+        load_settings(**base, node_token=own, node_tokens=f"a={own}")  # its own, not shared
+    assert own not in str(same.value)
     for field, good, bad in (
         ("node_timeout", 3600, 0),
         ("node_stream_idle_timeout", 3600, 0),
