@@ -355,6 +355,8 @@ def describe_validation_error(exc: ValidationError) -> str:
         variable = ENV_PREFIX + field.upper()
         message = error["msg"].removeprefix("Value error, ")
         value = error.get("input")
-        shown = "" if "secret" in field or "token" in field else f" (got {value!r})"
+        # A secret's value is never shown; nor is a model-level error's input (every setting).
+        hidden = not error["loc"] or "secret" in field or "token" in field
+        shown = "" if hidden else f" (got {value!r})"
         lines.append(f"  {variable}: {message}{shown}")
     return "\n".join(lines)

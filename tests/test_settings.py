@@ -9,8 +9,15 @@ import sys
 from pathlib import Path
 
 import pytest
+from pydantic import BaseModel, ValidationError, model_validator
 
-from gateway.settings import SECRET_FILE_NAME, Settings, SettingsError, load_settings
+from gateway.settings import (
+    SECRET_FILE_NAME,
+    Settings,
+    SettingsError,
+    describe_validation_error,
+    load_settings,
+)
 
 CLI = str(Path(sys.executable).with_name("mlx-manager"))
 GOOD_SECRET = "a-perfectly-random-secret-" + "q" * 20
@@ -275,3 +282,25 @@ def test_every_setting_is_documented_and_in_the_example_env() -> None:
     example = (root / "config" / "example.env").read_text()
     assert sorted(n for n in names if f"`{n}`" not in docs) == []
     assert sorted(n for n in names if f"# {n}=" not in example) == []
+
+
+class _Checked(BaseModel):
+    jwt_secret: str
+    port: int
+
+    @model_validator(mode="after")
+    def _whole(self) -> _Checked:
+        raise ValueError("the settings disagree")
+
+
+def test_errors_show_plain_values_but_never_secrets_or_a_whole_input() -> None:
+    """A field's bad value is shown (it helps), a secret's never; an error about the settings
+    as a whole would carry all of them as its input, so it shows none."""
+    with pytest.raises(ValidationError) as field_error:
+        _Checked(jwt_secret="s3cret-value", port="eighty")
+    assert "(got 'eighty')" in describe_validation_error(field_error.value)
+    with pytest.raises(ValidationError) as whole:
+        _Checked(jwt_secret="s3cret-value", port=80)
+    text = describe_validation_error(whole.value)
+    assert "the settings disagree" in text
+    assert "s3cret-value" not in text
