@@ -11,6 +11,7 @@ import os
 import re
 import secrets
 import stat
+from functools import cached_property
 from pathlib import Path
 from typing import Annotated, Literal
 
@@ -222,9 +223,10 @@ class Settings(BaseSettings):
             self.hf_cache_path = self.hf_cache_path.expanduser()
         return self
 
-    @property
+    @cached_property
     def node_token_map(self) -> dict[str, str]:
-        """Each node's own token (MLX_MANAGER_NODE_TOKENS), by node name."""
+        """Each node's own token (MLX_MANAGER_NODE_TOKENS), by node name; parsed once (every
+        request to a node looks its token up here)."""
         return parse_node_tokens(self.node_tokens) if self.node_tokens else {}
 
     @property
