@@ -194,6 +194,20 @@ async def test_the_failure_figures_hold_at_their_edges_with_the_default_settings
     assert fleet.is_up(back)
 
 
+async def test_a_node_heard_before_its_row_is_written_is_not_forgotten(
+    sessions: async_sessionmaker[AsyncSession],
+) -> None:
+    """A heartbeat is counted here before its row is committed: a re-read of the table in
+    between must not drop the node; a node missing from the table (deleted on another
+    replica) and silent for the node timeout is dropped."""
+    fleet = FleetRegistry(sessions, timeout=6, refresh_interval=2, strategy="binpack")
+    url = "http://127.0.0.2:1"
+    fleet.heard(Node(name="new", url=url, last_seen=utcnow(), status={}))
+    fleet.heard(Node(name="gone", url=url, last_seen=utcnow() - timedelta(seconds=7), status={}))
+    await fleet.refresh()  # the table has neither row
+    assert [entry["name"] for entry in fleet.to_json()] == ["new"]
+
+
 # ---- settings at their edges ---------------------------------------------------------------------
 
 

@@ -107,10 +107,13 @@ class FleetRegistry:
         for row in rows:
             self._learn(row.name, row.url, row.last_seen, row.status)
         listed = {row.name for row in rows}
+        # Deleted on some replica (DELETE /api/nodes/{name}): forgotten here once it has also
+        # been silent for the node timeout. A node heard lately is kept: the heartbeat that
+        # created its row may still be on its way to the database (heard, then written), and
+        # a node deleted while running writes its row again anyway.
+        recent = started - timedelta(seconds=self.timeout)
         for name, node in list(self._nodes.items()):
-            # Deleted on some replica (DELETE /api/nodes/{name}); a node heard since the read
-            # began is kept (its row may not be committed yet).
-            if name not in listed and node.last_seen < started:
+            if name not in listed and node.last_seen < recent:
                 self.forget(name)
 
     def database_problem(self, problem: str | None) -> None:
