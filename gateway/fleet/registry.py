@@ -209,7 +209,8 @@ class FleetRegistry:
         return KnownNode(LOCAL_NODE, "", utcnow(), self._local(active))
 
     def _all(self, with_local: bool = True) -> list[KnownNode]:
-        """The local machine (if it takes part) first, then the nodes by name."""
+        """The local machine (if it takes part, and `with_local`: reading its state costs a
+        walk of its servers) first, then the nodes by name."""
         local = self._local_node() if with_local else None
         others = sorted(self._nodes.values(), key=lambda n: n.name)
         return [local, *others] if local is not None else others
@@ -221,10 +222,10 @@ class FleetRegistry:
         refused = self._refused.get(node.name)
         return refused is None or node.last_seen > refused
 
-    def views(self, with_local: bool = True) -> list[NodeView]:
-        """`with_local` False skips reading this machine's state (a profile it may not run)."""
+    def views(self) -> list[NodeView]:
+        """Every node as placement sees it, this machine included."""
         now = utcnow()
-        return [self._view(node, now) for node in self._all(with_local)]
+        return [self._view(node, now) for node in self._all()]
 
     def _view(self, node: KnownNode, now: datetime) -> NodeView:
         memory = node.status.get("memory") or {}
@@ -267,10 +268,12 @@ class FleetRegistry:
         deadline = time.monotonic() + within
         allowed_here = is_allowed(LOCAL_NODE, allowed)
         while True:
-            views = self.views(with_local=allowed_here)
+            now = utcnow()
+            nodes = {node.name: node for node in self._all(with_local=allowed_here)}
+            views = [self._view(node, now) for node in nodes.values()]
             name = place(views, profile, allowed, need_bytes, self.strategy, exclude)
             if name is not None:
-                return self.get(name)
+                return nodes[name]  # this machine's state read once, not again for the answer
             left = deadline - time.monotonic()
             if left <= 0 or not awaiting(views, profile, allowed, exclude):
                 return None
