@@ -321,6 +321,20 @@ class Fleet:
         await wait_until(known, message=f"{profile} known to {names}")
 
 
+def heartbeat_body(
+    name: str,
+    url: str = "http://127.0.0.1:1",
+    *,
+    free: int = 1,
+    used: int = 0,
+    servers: list[dict[str, Any]] | None = None,
+) -> dict[str, Any]:
+    """A heartbeat as a node sends it (`POST /api/nodes/heartbeat`), for tests that speak for
+    a node themselves."""
+    memory = {"cap_bytes": used + free, "used_bytes": used, "free_bytes": free}
+    return {"name": name, "url": url, "memory": memory, "servers": servers or []}
+
+
 def stub_pids(*events: Path) -> set[int]:
     return {e["pid"] for path in events for e in read_events(path) if e["event"] == "started"}
 
@@ -607,12 +621,8 @@ async def test_a_node_that_was_not_given_the_profile_yet_is_waited_for_not_relay
         await f.wait_nodes(a="up", b="up")
         await f.add_stub("elsewhere", ["c"])
         # "c" claims the profile ready, at b's address; b was never given it.
-        beat = {
-            "name": "c",
-            "url": f.nodes["b"].url,
-            "memory": {"cap_bytes": 8 * GIB, "used_bytes": GIB, "free_bytes": 7 * GIB},
-            "servers": [{"profile": "elsewhere", "state": "ready", "memory_bytes": GIB}],
-        }
+        ready = {"profile": "elsewhere", "state": "ready", "memory_bytes": GIB}
+        beat = heartbeat_body("c", f.nodes["b"].url, free=7 * GIB, used=GIB, servers=[ready])
         sent = await f.env.http.post("/api/nodes/heartbeat", json=beat, headers=bearer(NODE_TOKEN))
         assert sent.status_code == 200, sent.text
         answer = await f.env.chat("elsewhere")
@@ -860,11 +870,7 @@ async def test_nodes_stay_in_rotation_through_a_database_outage(
 async def test_the_node_token_is_checked_both_ways(tmp_path: Path) -> None:
     async with fleet(tmp_path) as f:
         await f.wait_nodes(a="up", b="up")
-        beat = {
-            "name": "intruder",
-            "url": "http://127.0.0.1:1",
-            "memory": {"cap_bytes": 1, "used_bytes": 0, "free_bytes": 1},
-        }
+        beat = heartbeat_body("intruder")
         for headers in ({}, bearer("x" * 48), bearer(f.env.token)):
             response = await f.env.http.post("/api/nodes/heartbeat", json=beat, headers=headers)
             assert response.status_code == 401, response.text
@@ -917,11 +923,7 @@ async def test_nodes_with_their_own_tokens_speak_only_for_themselves(tmp_path: P
         assert f.served_by(events) == "b"
 
         def beat(name: str) -> dict[str, Any]:
-            return {
-                "name": name,
-                "url": f.nodes[name].url,
-                "memory": {"cap_bytes": GIB, "used_bytes": 0, "free_bytes": GIB},
-            }
+            return heartbeat_body(name, f.nodes[name].url, free=GIB)
 
         post = f.env.http.post
         for token, name in ((OWN_TOKENS["a"], "b"), (NODE_TOKEN, "b")):
@@ -940,11 +942,7 @@ async def test_nodes_with_their_own_tokens_speak_only_for_themselves(tmp_path: P
 
 async def test_without_a_node_token_nodes_are_disabled(tmp_path: Path) -> None:
     async with gateway_env(tmp_path) as env:
-        beat = {
-            "name": "n",
-            "url": "http://127.0.0.1:1",
-            "memory": {"cap_bytes": 1, "used_bytes": 0, "free_bytes": 1},
-        }
+        beat = heartbeat_body("n")
         response = await env.http.post("/api/nodes/heartbeat", json=beat, headers=bearer("x"))
         assert response.status_code == 404
         assert response.json()["code"] == "nodes_disabled"

@@ -18,7 +18,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-import pytest
+import psutil
 
 from gateway.serving.logfiles import log_path
 from gateway.serving.process import PortOwner, port_owner
@@ -220,18 +220,33 @@ def test_port_owner_tells_ours_from_a_strangers(tmp_path: Path):
 def test_a_process_we_may_not_inspect_leaves_the_answer_unknown(tmp_path: Path):
     """psutil refused (another user's process): unknown, and the start trusts its health check
     (`ServerProcess._check_port_owner` logs it) instead of refusing to serve."""
-    with stranger_on(free_port(), tmp_path) as (stranger, _):
-        owner = _port_owner_as_another_user(stranger.pid, stranger.port)
+    if os.geteuid() == 0:  # root may look everywhere: look as `nobody` at our stranger
+        with stranger_on(free_port(), tmp_path) as (stranger, _):
+            target = stranger.pid
+            owner = _port_owner_as_nobody(stranger.pid, stranger.port)
+    else:  # look, as ourselves, at a process of another user (init, say)
+        target = _another_users_process()
+        owner = port_owner(target, free_port())
     assert owner.ours is None
-    assert f"pid {stranger.pid}" in owner.holder
+    assert f"pid {target}" in owner.holder
 
 
-def _port_owner_as_another_user(pid: int, port: int) -> PortOwner:
+def _another_users_process() -> int:
+    """A process of another user with no children (so the refusal names that very pid)."""
+    mine = os.getuid()
+    for proc in psutil.process_iter(["uids"]):
+        uids = proc.info["uids"]
+        try:
+            if uids is not None and uids.real != mine and not proc.children():
+                return proc.pid
+        except psutil.Error:
+            continue
+    raise AssertionError("no process of another user on this machine to look at")
+
+
+def _port_owner_as_nobody(pid: int, port: int) -> PortOwner:
     """`port_owner` as seen by an unprivileged user: in a forked child that drops to `nobody`
-    when this test runs as root (the interpreter may not be readable by nobody, so no exec);
-    otherwise the test's own user, for whom the stub would be its own, is not "another"."""
-    if os.geteuid() != 0:
-        pytest.skip("needs root, to look as another user at a process this test starts")
+    (the interpreter may not be readable by nobody, so no exec)."""
     read, write = os.pipe()
     child = os.fork()
     if child == 0:  # pragma: no cover - the forked child
