@@ -215,6 +215,7 @@ class ProxyEndpoint:
         except GatewayError as exc:
             await error_response(exc, openai_shape=True)(scope, receive, send)
             return
+        work: Coroutine[Any, Any, object]
         if server.profile.nodes is not None:  # placed among nodes (gateway/fleet)
             work = serve_on_node(gateway, scope, receive, send, server, body)
         else:
@@ -222,7 +223,7 @@ class ProxyEndpoint:
         await until_disconnect(receive, work)
 
 
-async def until_disconnect(receive: Receive, work: Coroutine[Any, Any, None]) -> None:
+async def until_disconnect(receive: Receive, work: Coroutine[Any, Any, object]) -> None:
     """Run `work`, racing it against the client leaving (which cancels it: the upstream
     request closes and the server is released)."""
     task = asyncio.ensure_future(work)
@@ -244,16 +245,23 @@ async def serve_local(
     send: Send,
     server: ManagedServer,
     body: bytes,
-) -> None:
+    *,
+    leave: tuple[type[GatewayError], ...] = (),
+) -> GatewayError | None:
     """Borrow this machine's server for `server`'s profile (started on demand), forward.
-    Counted as on the node `local` while it lasts (its in-flight and queued requests)."""
+    Counted as on the node `local` while it lasts (its in-flight and queued requests). A
+    failure to get a server of a kind in `leave` is returned, unanswered: the caller may
+    place the request on another node."""
     with gateway.fleet.sending(LOCAL_NODE, server.name):
         try:
             lease = await gateway.servers.acquire(server)
+        except leave as exc:
+            return exc
         except GatewayError as exc:
             await error_response(exc, openai_shape=True)(scope, receive, send)
-            return
+            return None
         await _serve_lease(gateway, scope, receive, send, lease, body)
+    return None
 
 
 async def _serve_lease(
@@ -696,18 +704,13 @@ async def serve_on_node(
         if node is None:
             break
         if node.name == LOCAL_NODE:
-            with gateway.fleet.sending(LOCAL_NODE, server.name):
-                try:
-                    lease = await gateway.servers.acquire(server)
-                except _PLACE_ELSEWHERE as exc:  # would not start or fit here: another may
-                    tried.append(node.name)
-                    local_error = exc
-                    continue
-                except GatewayError as exc:  # the profile was deleted, say: no node helps
-                    await error_response(exc, openai_shape=True)(scope, receive, send)
-                    return
-                await _serve_lease(gateway, scope, receive, send, lease, body)
-            return
+            local_error = await serve_local(
+                gateway, scope, receive, send, server, body, leave=_PLACE_ELSEWHERE
+            )
+            if local_error is None:  # served, or answered (a deleted profile: no node helps)
+                return
+            tried.append(LOCAL_NODE)  # would not start or fit here: another node may
+            continue
         try:
             with gateway.fleet.sending(node.name, server.name):
                 await _forward_to_node(gateway, scope, send, node, body)
